@@ -1,0 +1,113 @@
+"""The one typed object the addons share, kept at ``flow.metadata["awsgate"]``.
+
+Addons never reach into each other; each reads what earlier addons wrote here
+and adds its own part. Everything in it must be safe to record: no secrets.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+METADATA_KEY = "awsgate"
+
+Effect = Literal["allow", "deny", "review"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an OIDC identity, possibly through a minted session."""
+
+    issuer: str
+    subject: str
+    groups: frozenset[str] = frozenset()
+    role: str | None = None
+    session_id: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        return f"sub:{self.subject}"
+
+
+@dataclass
+class Operation:
+    """What the request does, resolved from botocore's service models."""
+
+    service: str  # botocore service name, e.g. "lambda", "s3", "elbv2"
+    name: str  # API operation name as CloudTrail's eventName, or "unknown"
+    region: str
+    signing_name: str
+    protocol: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    resources: list[str] = field(default_factory=list)
+
+    UNKNOWN = "unknown"
+
+    @property
+    def action(self) -> str:
+        return f"{self.service}:{self.name}"
+
+    @property
+    def known(self) -> bool:
+        return self.name != self.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy outcome and the rule that made it."""
+
+    effect: Effect
+    rule: str
+    message: str = ""
+    approvers: tuple[str, ...] = ()
+
+
+@dataclass
+class Refusal:
+    """Why the gateway answered the request itself instead of forwarding it."""
+
+    status: int
+    code: str
+    message: str  # starts with "awsgate:"; never contains a secret
+    kind: str  # decision label for the record: deny, refused-identity, error, ...
+
+
+@dataclass
+class GateContext:
+    """Per-flow state, written by the addons in chain order."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.time)
+    streamed: bool = False
+    credential_scope: tuple[str, str] | None = None  # (signing service, region) the agent signed for
+    payload_hash: str | None = None  # the body's SigV4 payload hash, computed once
+    principal: Principal | None = None
+    operation: Operation | None = None
+    decision: Decision | None = None
+    approval_id: str | None = None
+    refusal: Refusal | None = None
+    signed: bool = False
+    upstream_status: int | None = None
+    upstream_request_id: str | None = None
+    masked: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
+
+
+def get(flow: Any) -> GateContext:
+    """The flow's context, created on first use."""
+    gate = flow.metadata.get(METADATA_KEY)
+    if gate is None:
+        gate = flow.metadata[METADATA_KEY] = GateContext()
+    return gate
+
+
+def find(flow: Any) -> GateContext | None:
+    """The flow's context if the gateway took the flow on, else None."""
+    return flow.metadata.get(METADATA_KEY)
