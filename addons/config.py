@@ -175,6 +175,8 @@ def _identity(raw: Any, base: Path, path: Path) -> IdentityConfig:
         where = f"{path}: identity.issuers[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             raise ConfigError(f"{where} needs a url")
+        if not _secure_issuer_url(item["url"]):
+            raise ConfigError(f"{where}.url must be https (plain http only on loopback)")
         if "none" in [alg.lower() for alg in _str_list(item.get("algorithms", []), where)]:
             raise ConfigError(f"{where}.algorithms: 'none' is never accepted")
         rules = tuple(
@@ -208,6 +210,14 @@ def _identity(raw: Any, base: Path, path: Path) -> IdentityConfig:
         max_session=_positive_int(raw, "max_session", 12 * 3600, path),
         clock_skew=_positive_int(raw, "clock_skew", 300, path),
     )
+
+
+def _secure_issuer_url(url: str) -> bool:
+    """Keys fetched over plain http could be swapped in transit; loopback is the exception."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _roles(raw: Any, path: Path) -> dict[str, RoleConfig]:

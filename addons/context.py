@@ -82,16 +82,16 @@ class GateContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.time)
     streamed: bool = False
-    credential_scope: tuple[str, str] | None = None  # (signing service, region) the agent signed for
-    payload_hash: str | None = None  # the body's SigV4 payload hash, computed once
+    credential_scope: tuple[str, str] | None = (
+        None  # (signing service, region) the agent signed for
+    )
     principal: Principal | None = None
     operation: Operation | None = None
     decision: Decision | None = None
     approval_id: str | None = None
     refusal: Refusal | None = None
     signed: bool = False
-    upstream_status: int | None = None
-    upstream_request_id: str | None = None
+    recorded: bool = False  # the request part is in the store
     masked: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -49,7 +49,8 @@ def wire_protocol(flow: http.HTTPFlow, gate: GateContext) -> str:
     operation = gate.operation
     if operation is not None:
         return operation.protocol or errors.protocol_for(operation.service)
-    return errors.protocol_for(endpoints.service_for_host(flow.request.host))
+    endpoint = endpoints.classify_host(flow.request.host)
+    return errors.protocol_for(endpoint.services[0] if endpoint and endpoint.services else None)
 
 
 def split_path(request: http.Request) -> tuple[str, str]:
@@ -69,7 +70,11 @@ def fail_closed(hook: Hook) -> Hook:
         message = f"awsgate: internal error in {name}; refused"
         # Replacing the response also covers a failing response hook: the
         # unmasked upstream body never reaches the agent.
-        refuse(flow, Refusal(500, "InternalFailure", message, "error"))
+        try:
+            refuse(flow, Refusal(500, "InternalFailure", message, "error"))
+        except Exception:
+            logger.exception("awsgate: could not render the refusal; dropping the connection")
+            flow.kill()
 
     if inspect.iscoroutinefunction(hook):
 

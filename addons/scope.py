@@ -46,6 +46,8 @@ class Scope:
         if gateway_config is not None:
             self.block_non_aws = gateway_config.block_non_aws
             self.stream_threshold = gateway_config.stream_threshold
+            # Build the endpoint catalogue now rather than on the first call's event loop turn.
+            endpoints.warm()
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.block_non_aws and not is_aws_host(flow.request.host):

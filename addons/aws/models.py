@@ -15,14 +15,14 @@ import botocore.model
 
 
 @cache
-def _loader() -> botocore.loaders.Loader:
+def loader() -> botocore.loaders.Loader:
     return botocore.loaders.create_loader()
 
 
 @cache
 def service_names() -> tuple[str, ...]:
     """Every botocore service name (the AWS CLI's, e.g. ``elbv2``, ``lambda``)."""
-    return tuple(sorted(_loader().list_available_services("service-2")))
+    return tuple(sorted(loader().list_available_services("service-2")))
 
 
 @cache
@@ -30,7 +30,7 @@ def service_model(service: str) -> botocore.model.ServiceModel:
     """The parsed service model; raises ``KeyError`` for an unknown service."""
     if service not in service_names():
         raise KeyError(service)
-    data = _loader().load_service_model(service, "service-2")
+    data = loader().load_service_model(service, "service-2")
     return botocore.model.ServiceModel(data, service_name=service)
 
 
@@ -59,7 +59,7 @@ def services_by_signing_name() -> dict[str, tuple[str, ...]]:
     """
     index: dict[str, list[str]] = {}
     for name in service_names():
-        meta = _loader().load_service_model(name, "service-2")["metadata"]
+        meta = loader().load_service_model(name, "service-2")["metadata"]
         signing = meta.get("signingName") or meta.get("endpointPrefix") or name
         index.setdefault(signing, []).append(name)
     return {key: tuple(value) for key, value in index.items()}

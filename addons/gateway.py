@@ -1,0 +1,33 @@
+"""The awsgate addon chain, in order: ``mitmdump -s addons/gateway.py --set awsgate_config=FILE``.
+
+Request path: scope (is this AWS traffic?), identity (who?), operation (what?),
+policy (may they?), approval (held for a human?), signing (re-sign with
+gateway credentials, route upstream), recording (commit the request part
+before it leaves), and a last guard that refuses anything left unsigned.
+Response path: masking, then recording. The addons share nothing but the
+typed context at ``flow.metadata["awsgate"]``.
+"""
+
+from __future__ import annotations
+
+from addons.approval import Approval
+from addons.hooks import ForwardGuard
+from addons.identity import Identity
+from addons.operation import OperationResolver
+from addons.policy import Policy
+from addons.recording import Recording
+from addons.scope import Scope
+from addons.settings import Settings
+from addons.signing import Signing
+
+addons = [
+    Settings(),
+    Scope(),
+    Identity(),
+    OperationResolver(),
+    Policy(),
+    Approval(),
+    Signing(),
+    Recording(),
+    ForwardGuard(),
+]

@@ -1,0 +1,130 @@
+"""Keeping credentials out of the store, whatever the caller passes in.
+
+The recording addon already drops credentials, but the store is the last
+line: anything written here ends up in exports and analysts' terminals, so the
+writer redacts again. Values are replaced, not removed, so an analyst can see
+that a credential was present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+REDACTED = "[redacted]"
+
+# Lower-case names of headers that carry credentials or keys.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-amz-security-token",
+        "x-amz-signature",
+        "x-amz-credential",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        # SSE-C: the customer's own encryption key travels in these
+        "x-amz-server-side-encryption-customer-key",
+        "x-amz-copy-source-server-side-encryption-customer-key",
+    }
+)
+
+# Lower-case names of query parameters that carry credentials (presigned URLs, SigV2).
+CREDENTIAL_QUERY = frozenset(
+    {
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-credential",
+        "signature",
+        "awsaccesskeyid",
+    }
+)
+
+# Parameter names whose values are credentials wherever they appear.
+CREDENTIAL_PARAMETERS = frozenset(
+    {
+        "secretaccesskey",
+        "sessiontoken",
+        "webidentitytoken",
+        "samlassertion",
+        "password",
+    }
+)
+
+
+def headers(pairs: Iterable[Sequence[str]] | None) -> list[list[str]]:
+    """Header pairs as ``[name, value]`` lists with credential values replaced."""
+    cleaned = []
+    for name, value in pairs or ():
+        name, value = text(str(name)), text(str(value))
+        cleaned.append([name, REDACTED if name.lower() in CREDENTIAL_HEADERS else value])
+    return cleaned
+
+
+def url(raw: str | None) -> str | None:
+    """The URL with credential query parameters (presigned URLs) replaced, the rest as sent."""
+    if not raw:
+        return raw
+    base, mark, query = text(raw).partition("?")
+    if not mark:
+        return base
+    pieces = []
+    for piece in query.split("&"):
+        name = unquote_plus(piece.partition("=")[0]).lower()
+        pieces.append(
+            f"{piece.partition('=')[0]}={REDACTED}" if name in CREDENTIAL_QUERY else piece
+        )
+    return f"{base}?{'&'.join(pieces)}"
+
+
+def parameters(value: Any) -> Any:
+    """A JSON-safe copy of ``value`` with credential-named fields replaced."""
+    return json_safe(value, redact_keys=CREDENTIAL_PARAMETERS)
+
+
+def json_safe(value: Any, redact_keys: frozenset[str] = frozenset()) -> Any:
+    """``value`` exactly as it reads back from a JSON column: lists, string keys, finite floats."""
+    if isinstance(value, str):
+        return text(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {
+            text(str(key)): REDACTED
+            if str(key).lower() in redact_keys
+            else json_safe(item, redact_keys)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [json_safe(item, redact_keys) for item in items]
+    return text(str(value))
+
+
+def text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; an agent could send one in any field.
+    return value.replace("\x00", "\ufffd")
+
+
+@dataclass(frozen=True)
+class StoredBody:
+    """What is kept of one body: the bytes when small enough, always size and digest."""
+
+    content: bytes | None
+    size: int | None
+    sha256: str | None
+
+
+def body(content: bytes | None, size: int | None, sha256: str | None, limit: int) -> StoredBody:
+    """Bodies over ``limit`` bytes are kept as size and sha256 only."""
+    if content is None:
+        return StoredBody(None, size, sha256)
+    digest = hashlib.sha256(content).hexdigest()
+    return StoredBody(content if len(content) <= limit else None, len(content), digest)

@@ -1,0 +1,833 @@
+"""The record store (addons.store): migrations, two-phase writes, chains, revocations, queries.
+
+Every test that takes ``store_url`` runs on SQLite and, when
+``AWSGATE_TEST_PG_URL`` names a PostgreSQL server, on a fresh database there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, event, func, insert, select, text
+from sqlalchemy.engine import make_url
+
+from addons.store import chain, queries, revocations, sanitize
+from addons.store.db import (
+    StoreUnavailable,
+    connect,
+    current_revision,
+    head_revision,
+    migrate,
+    open_engine,
+)
+from addons.store.models import calls, metadata, sessions
+from addons.store.records import CallOutcome, CallRecord
+from addons.store.writer import RecordWriter
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = time.time()
+WAIT = 30  # seconds a future may take before the test gives up (never reached when healthy)
+# Fake credentials: distinctive so that a test can prove none reaches the store.
+SECRET = "FAKE-SECRET-4f1c9a"
+PG_HINT = (
+    "PostgreSQL tests need AWSGATE_TEST_PG_URL=postgresql://USER@127.0.0.1:PORT/DB "
+    "(a server where USER may create databases)"
+)
+
+
+# -- fixtures and builders -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_database(migrated: bool = True) -> Iterator[str]:
+    """A throw-away database on the server named by AWSGATE_TEST_PG_URL."""
+    base = os.environ.get("AWSGATE_TEST_PG_URL")
+    if not base:
+        pytest.skip(PG_HINT)
+    name = f"awsgate_test_{uuid.uuid4().hex[:12]}"
+    admin = open_engine(base).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        if migrated:
+            migrate(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgres":
+        with postgres_database() as url:
+            yield url
+        return
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate(url)
+    yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgres":
+        with postgres_database(migrated=False) as url:
+            yield url
+        return
+    yield f"sqlite:///{tmp_path / 'store.sqlite'}"
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = open_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def writer(store_url: str) -> Iterator[RecordWriter]:
+    with RecordWriter(store_url, chain_id="test-chain") as writer:
+        yield writer
+
+
+def call(request_id: str | None = None, **overrides: Any) -> CallRecord:
+    fields: dict[str, Any] = {
+        "request_id": request_id or uuid.uuid4().hex,
+        "time": NOW,
+        "decision": "allow",
+        "method": "POST",
+        "url": "https://lambda.us-east-1.amazonaws.com/2015-03-31/functions/build/invocations",
+        "source": "127.0.0.1:50123",
+        "session_id": "sess-1",
+        "issuer": "https://idp.test",
+        "subject": "repo:acme/infra:ref:refs/heads/main",
+        "groups": ["deployers", "ci"],
+        "role": "deployer",
+        "service": "lambda",
+        "operation": "Invoke",
+        "region": "us-east-1",
+        "resources": ["arn:aws:lambda:us-east-1:123456789012:function:build"],
+        "parameters": {"FunctionName": "build"},
+        "rule": "ci-may-invoke",
+        "request_headers": [
+            ("Host", "lambda.us-east-1.amazonaws.com"),
+            ("User-Agent", "Boto3/1.44.8"),
+        ],
+        "request_body": b'{"go": true}',
+    }
+    fields.update(overrides)
+    return CallRecord(**fields)
+
+
+def outcome(**overrides: Any) -> CallOutcome:
+    fields: dict[str, Any] = {
+        "duration": 0.042,
+        "status": 200,
+        "upstream_status": 200,
+        "upstream_request_id": "b7e0f6d2-upstream",
+        "response_headers": [("Content-Type", "application/json")],
+        "response_body": b'{"StatusCode": 200}',
+    }
+    fields.update(overrides)
+    return CallOutcome(**fields)
+
+
+def done(future: Future[str]) -> str:
+    return future.result(timeout=WAIT)
+
+
+def failure(future: Future[str]) -> StoreUnavailable:
+    with pytest.raises(StoreUnavailable) as raised:
+        future.result(timeout=WAIT)
+    return raised.value
+
+
+def rows(engine: Engine, *where: Any) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        result = connection.execute(select(calls).where(*where).order_by(calls.c.id))
+        return [dict(row._mapping) for row in result]
+
+
+def write_calls(
+    writer: RecordWriter, count: int, start: float = NOW, **overrides: Any
+) -> list[str]:
+    ids = []
+    for index in range(count):
+        record = call(time=start + index, **overrides)
+        done(writer.begin(record))
+        done(writer.finish(record.request_id, outcome()))
+        ids.append(record.request_id)
+    return ids
+
+
+@contextlib.contextmanager
+def writer_paused(writer: RecordWriter) -> Iterator[threading.Event]:
+    """Hold the writer's next transaction until the yielded event is set; count commits."""
+    release, entered = threading.Event(), threading.Event()
+    commits: list[int] = []
+
+    def hold(_connection: Any) -> None:
+        if not release.is_set():
+            entered.set()
+            release.wait(WAIT)
+
+    def count(_connection: Any) -> None:
+        commits.append(1)
+
+    event.listen(writer._engine, "begin", hold)
+    event.listen(writer._engine, "commit", count)
+    release.entered = entered  # type: ignore[attr-defined]
+    release.commits = commits  # type: ignore[attr-defined]
+    try:
+        yield release
+    finally:
+        release.set()
+        event.remove(writer._engine, "begin", hold)
+        event.remove(writer._engine, "commit", count)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- migrations ------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_head_schema_and_is_idempotent(empty_store_url: str) -> None:
+    migrate(empty_store_url)
+    migrate(empty_store_url)
+    engine = open_engine(empty_store_url)
+    try:
+        assert current_revision(engine) == head_revision() == "0002"
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection)
+            assert compare_metadata(context, metadata) == []  # models.py matches the migrations
+    finally:
+        engine.dispose()
+
+
+def test_store_from_revision_1_is_migrated_with_its_records_intact(empty_store_url: str) -> None:
+    migrate(empty_store_url, "0001")
+    engine = open_engine(empty_store_url)
+    old = {
+        "request_id": "from-revision-1",
+        "time": datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        "duration_ms": 12.5,
+        "session_id": "old-session",
+        "subject": "old-agent",
+        "groups": ["ops"],
+        "action": "s3:ListBuckets",
+        "service": "s3",
+        "operation": "ListBuckets",
+        "resources": [],
+        "parameters": {"MaxBuckets": 10},
+        "decision": "allow",
+        "status": 200,
+        "upstream_status": 200,
+        "request_headers": [["User-Agent", "aws-cli/1.46"]],
+        "response_body": b"<ListAllMyBucketsResult/>",
+        "chain_id": "replica-a",
+        "chain_seq": 1,
+        "prev_hash": chain.GENESIS,
+    }
+    old["record_hash"] = chain.record_hash(old)
+    try:
+        assert current_revision(engine) == "0001"
+        with engine.begin() as connection:
+            connection.execute(insert(calls).values(old))
+    finally:
+        engine.dispose()
+
+    migrate(empty_store_url)
+
+    engine = open_engine(empty_store_url)
+    try:
+        assert current_revision(engine) == "0002"
+        (stored,) = rows(engine)
+        for key, value in old.items():
+            assert stored[key] == value, key
+        assert stored["user_agent"] is None  # the column revision 0002 added
+        assert chain.verify(engine).ok
+        # The same replica carries its chain on across the upgrade.
+        with RecordWriter(empty_store_url, chain_id="replica-a") as writer:
+            write_calls(writer, 1)
+        report = chain.verify(engine)
+        assert (report.ok, report.records) == (True, 2)
+        assert rows(engine)[-1]["chain_seq"] == 2
+    finally:
+        engine.dispose()
+
+
+def test_readers_refuse_a_missing_or_unmigrated_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="no record store"):
+        connect(f"sqlite:///{tmp_path / 'typo.sqlite'}")
+    assert not (tmp_path / "typo.sqlite").exists()
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    migrate(url, "0001")
+    with pytest.raises(StoreUnavailable, match="revision 0001"):
+        connect(url)
+    migrate(url)
+    connect(url).dispose()
+
+
+def test_sqlite_store_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    engine = open_engine(url, busy_timeout=1.5)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 1500
+    finally:
+        engine.dispose()
+
+
+# -- two-phase writes ------------------------------------------------------------------
+
+
+def test_begin_commits_the_request_before_finish_completes_it(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    record = call()
+    assert done(writer.begin(record)) == record.request_id
+
+    (begun,) = rows(engine)  # visible to another connection: committed
+    assert (begun["decision"], begun["action"], begun["status"]) == ("allow", "lambda:Invoke", None)
+    assert begun["record_hash"] is None and begun["chain_seq"] is None
+    assert begun["request_body"] == b'{"go": true}'
+    assert begun["user_agent"] == "Boto3/1.44.8"
+    assert chain.verify(engine).unfinished == 1
+
+    record_hash = done(writer.finish(record.request_id, outcome(masked=["Payload.password"])))
+
+    (finished,) = rows(engine)
+    assert finished["record_hash"] == record_hash
+    assert (finished["status"], finished["upstream_status"]) == (200, 200)
+    assert finished["duration_ms"] == 42.0
+    assert finished["upstream_request_id"] == "b7e0f6d2-upstream"
+    assert finished["masked"] == ["Payload.password"]
+    assert finished["response_body"] == b'{"StatusCode": 200}'
+    assert (finished["chain_id"], finished["chain_seq"]) == ("test-chain", 1)
+    report = chain.verify(engine)
+    assert (report.ok, report.records, report.unfinished) == (True, 1, 0)
+    assert writer.healthy and writer.last_error is None
+
+
+def test_a_refused_call_is_recorded_in_one_step(writer: RecordWriter, engine: Engine) -> None:
+    refused = call(decision="refused-identity", session_id=None, subject=None, rule="bad-token")
+    done(writer.record(refused, outcome(status=403, upstream_status=None, response_body=b"<E/>")))
+    (row,) = rows(engine)
+    assert (row["decision"], row["status"], row["upstream_status"]) == (
+        "refused-identity",
+        403,
+        None,
+    )
+    assert row["chain_seq"] == 1
+    assert chain.verify(engine).ok
+
+
+def test_finish_can_change_the_decision_after_approval(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    held = call(decision="review", approval_id="appr-7")
+    done(writer.begin(held))
+    done(writer.finish(held.request_id, outcome(decision="deny", status=403, upstream_status=None)))
+    (row,) = rows(engine)
+    assert (row["decision"], row["approval_id"]) == ("deny", "appr-7")
+
+
+def test_finishing_an_unknown_or_finished_call_fails(writer: RecordWriter) -> None:
+    assert "no unfinished call" in str(failure(writer.finish("never-begun", outcome())))
+    record = call()
+    done(writer.record(record, outcome()))
+    assert "no unfinished call" in str(failure(writer.finish(record.request_id, outcome())))
+    assert writer.healthy  # a caller's mistake, not a store failure
+
+
+def test_a_call_begun_by_an_earlier_writer_is_finished_by_the_next(
+    store_url: str, engine: Engine
+) -> None:
+    record = call()
+    with RecordWriter(store_url, chain_id="before-reload") as first:
+        done(first.begin(record))
+    with RecordWriter(store_url, chain_id="after-reload", max_pending=2) as second:
+        done(second.finish(record.request_id, outcome()))
+        others = [call() for _ in range(5)]
+        for other in others:  # more than max_pending in flight: the oldest are read back
+            done(second.begin(other))
+        for other in others:
+            done(second.finish(other.request_id, outcome()))
+    assert {row["chain_id"] for row in rows(engine)} == {"after-reload"}
+    report = chain.verify(engine)
+    assert (report.ok, report.records, report.unfinished) == (True, 6, 0)
+
+
+def test_2000_calls_from_20_threads_are_all_recorded_and_chained(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    threads_count, per_thread = 20, 100
+    errors: list[BaseException] = []
+
+    def agent(index: int) -> None:
+        try:
+            for n in range(per_thread):
+                record = call(session_id=f"sess-{index}", time=NOW + n)
+                done(writer.begin(record))
+                done(writer.finish(record.request_id, outcome()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    with engine.connect() as connection:
+        finished = connection.execute(
+            select(func.count()).select_from(calls).where(calls.c.record_hash.is_not(None))
+        ).scalar_one()
+        counts = connection.execute(select(func.sum(sessions.c.calls), func.count())).one()
+    assert finished == threads_count * per_thread
+    assert tuple(counts) == (2000, 20)
+    report = chain.verify(engine)
+    assert (report.ok, report.records, report.unfinished) == (True, 2000, 0)
+
+
+def test_concurrent_begins_are_group_committed(writer: RecordWriter, engine: Engine) -> None:
+    first = call()
+    with writer_paused(writer) as release:
+        pending = [writer.begin(first)]
+        assert release.entered.wait(WAIT)  # the writer is inside the first transaction
+        pending += [writer.begin(call()) for _ in range(99)]
+        release.set()
+        for future in pending:
+            done(future)
+        assert len(release.commits) == 2  # the first call, then the 99 queued behind it
+    assert len(rows(engine)) == 100
+
+
+def test_one_bad_record_does_not_fail_its_batch(writer: RecordWriter, engine: Engine) -> None:
+    done(writer.begin(call("taken")))
+    with writer_paused(writer) as release:
+        pending = [writer.begin(call())]
+        assert release.entered.wait(WAIT)
+        duplicate = writer.begin(call("taken"))
+        others = [writer.begin(call()) for _ in range(5)]
+        release.set()
+        for future in [*pending, *others]:
+            done(future)
+        assert "cannot write" in str(failure(duplicate))
+    assert len(rows(engine)) == 7
+
+
+def test_close_writes_everything_queued(store_url: str, engine: Engine) -> None:
+    writer = RecordWriter(store_url)
+    pending = [writer.begin(call()) for _ in range(50)]
+    writer.close()
+    assert all(future.done() and future.exception() is None for future in pending)
+    assert len(rows(engine)) == 50
+    assert "closed" in str(failure(writer.begin(call())))
+
+
+# -- what is stored --------------------------------------------------------------------
+
+
+def test_credentials_are_redacted_even_when_the_caller_forgot(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate(url)
+    record = call(
+        url=(
+            "https://bucket.s3.amazonaws.com/key?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=AKIDFAKE%2F20250101&X-Amz-Signature={SECRET}"
+            f"&X-Amz-Security-Token={SECRET}&versionId=3"
+        ),
+        request_headers=[
+            ("Host", "bucket.s3.amazonaws.com"),
+            ("Authorization", f"AWS4-HMAC-SHA256 Credential=AKIDFAKE/x, Signature={SECRET}"),
+            ("X-Amz-Security-Token", SECRET),
+            ("Proxy-Authorization", f"Basic {SECRET}"),
+            ("Cookie", f"session={SECRET}"),
+            ("x-amz-server-side-encryption-customer-key", SECRET),
+        ],
+        parameters={"RoleArn": "arn:aws:iam::1:role/r", "WebIdentityToken": SECRET},
+    )
+    with RecordWriter(url) as writer:
+        done(writer.begin(record))
+        done(
+            writer.finish(
+                record.request_id,
+                outcome(response_headers=[("Set-Cookie", f"s={SECRET}"), ("X-Ok", "yes")]),
+            )
+        )
+    engine = open_engine(url)
+    try:
+        (row,) = rows(engine)
+    finally:
+        engine.dispose()
+    headers = dict(row["request_headers"])
+    assert headers["Authorization"] == "[redacted]"
+    assert headers["Host"] == "bucket.s3.amazonaws.com"
+    assert dict(row["response_headers"]) == {"Set-Cookie": "[redacted]", "X-Ok": "yes"}
+    assert "versionId=3" in row["url"] and "X-Amz-Signature=[redacted]" in row["url"]
+    assert row["parameters"] == {
+        "RoleArn": "arn:aws:iam::1:role/r",
+        "WebIdentityToken": "[redacted]",
+    }
+    for path in tmp_path.iterdir():  # the database file, its WAL, anything
+        assert SECRET.encode() not in path.read_bytes(), path.name
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        (
+            "https://h/k%2Fx?a=%2F1&X-Amz-Signature=s",
+            "https://h/k%2Fx?a=%2F1&X-Amz-Signature=[redacted]",
+        ),
+        (
+            "https://h/?Signature=s&AWSAccessKeyId=AKID",
+            "https://h/?Signature=[redacted]&AWSAccessKeyId=[redacted]",
+        ),
+        ("https://h/?x-amz-security-token=t", "https://h/?x-amz-security-token=[redacted]"),
+        ("https://h/?list-type=2&prefix=a+b", "https://h/?list-type=2&prefix=a+b"),
+        ("https://h/path", "https://h/path"),
+    ],
+)
+def test_credential_query_parameters_are_redacted_and_the_rest_kept(raw: str, stored: str) -> None:
+    assert sanitize.url(raw) == stored
+
+
+def test_large_bodies_are_kept_as_size_and_sha256(writer: RecordWriter, engine: Engine) -> None:
+    big = os.urandom(64 * 1024 + 1)
+    record = call(request_body=big)
+    done(writer.begin(record))
+    done(writer.finish(record.request_id, outcome(response_body=None, response_body_size=5 << 30)))
+    (row,) = rows(engine)
+    assert row["request_body"] is None
+    assert row["request_body_size"] == len(big)
+    assert row["request_body_sha256"] == hashlib.sha256(big).hexdigest()
+    assert (row["response_body"], row["response_body_size"]) == (None, 5 << 30)
+
+
+def test_calls_are_grouped_into_sessions(writer: RecordWriter, engine: Engine) -> None:
+    def one(session: str | None, decision: str, at: float, **extra: Any) -> None:
+        record = call(session_id=session, decision=decision, time=at, **extra)
+        done(writer.record(record, outcome()))
+
+    one("sess-a", "allow", NOW)
+    one("sess-a", "deny", NOW + 10)
+    one("sess-a", "error", NOW + 5)
+    one("sess-a", "review", NOW + 20, approval_id="appr-1")
+    one("sess-b", "allow", NOW + 1, subject="other")
+    one(None, "refused-identity", NOW + 2, subject=None)
+
+    found = {row["id"]: row for row in queries.list_sessions(engine)}
+    assert set(found) == {"sess-a", "sess-b"}
+    a = found["sess-a"]
+    assert (a["calls"], a["allowed"], a["denied"], a["errors"], a["reviewed"]) == (4, 1, 1, 1, 1)
+    assert a["started"].timestamp() == pytest.approx(NOW, abs=1e-3)
+    assert a["last_seen"].timestamp() == pytest.approx(NOW + 20, abs=1e-3)
+    assert (a["subject"], a["groups"], a["role"]) == (
+        "repo:acme/infra:ref:refs/heads/main",
+        ["ci", "deployers"],
+        "deployer",
+    )
+    in_order = [row["decision"] for row in queries.session_calls(engine, "sess-a")]
+    assert in_order == ["allow", "error", "deny", "review"]
+
+
+# -- an unavailable store --------------------------------------------------------------
+
+
+def test_a_store_in_a_missing_directory_fails_fast_then_recovers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gone' / 'store.sqlite'}"
+    with RecordWriter(url) as writer:
+        error = failure(writer.begin(call()))
+        assert "unable to open database file" in str(error)
+        assert not writer.healthy and "unable to open" in (writer.last_error or "")
+        (tmp_path / "gone").mkdir()
+        migrate(url)
+        done(writer.begin(call()))
+        assert writer.healthy
+
+
+def test_a_store_file_replaced_at_run_time_fails_the_next_begin(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    migrate(f"sqlite:///{path}")
+    with RecordWriter(f"sqlite:///{path}") as writer:
+        done(writer.begin(call()))
+        for leftover in tmp_path.glob("store.sqlite*"):
+            leftover.unlink()
+        path.mkdir()  # root ignores permissions; a directory in its place stops anyone
+        error = str(failure(writer.begin(call())))
+        assert str(path) in error and "was replaced" in error
+        assert not writer.healthy
+
+
+def test_a_locked_store_fails_after_the_busy_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate(url)
+    blocker = open_engine(url)
+    with RecordWriter(url, busy_timeout=0.2) as writer, blocker.connect() as connection:
+        done(writer.begin(call()))
+        connection.exec_driver_sql("BEGIN EXCLUSIVE")
+        assert "database is locked" in str(failure(writer.begin(call())))
+        connection.exec_driver_sql("ROLLBACK")
+        done(writer.begin(call()))
+        assert writer.healthy
+    blocker.dispose()
+
+
+def test_an_unreachable_postgresql_fails_fast_without_leaking_the_password() -> None:
+    url = f"postgresql://awsgate:{SECRET}@127.0.0.1:{free_port()}/awsgate"
+    with RecordWriter(url) as writer:
+        error = failure(writer.begin(call()))
+    assert "127.0.0.1" in str(error)
+    assert SECRET not in str(error) and SECRET not in (writer.last_error or "")
+    assert not writer.healthy
+
+
+# -- hash chains -----------------------------------------------------------------------
+
+
+def test_an_edited_record_breaks_the_chain_at_that_record(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    write_calls(writer, 5)
+    third = rows(engine)[2]
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE calls SET rule = 'edited' WHERE id = :id"), {"id": third["id"]}
+        )
+    report = chain.verify(engine)
+    assert not report.ok
+    (broken,) = report.broken
+    assert (broken.record_id, broken.seq, broken.request_id) == (
+        third["id"],
+        3,
+        third["request_id"],
+    )
+    assert "contents do not match" in broken.problem
+    assert report.records == 2
+
+
+def test_an_edited_body_or_hash_is_detected(writer: RecordWriter, engine: Engine) -> None:
+    write_calls(writer, 3)
+    first, second, _ = rows(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            calls.update().where(calls.c.id == first["id"]).values(response_body=b"{}")
+        )
+    assert chain.verify(engine).broken[0].record_id == first["id"]
+    with engine.begin() as connection:
+        connection.execute(
+            calls.update()
+            .where(calls.c.id == first["id"])
+            .values(response_body=first["response_body"])
+        )
+        connection.execute(
+            calls.update().where(calls.c.id == second["id"]).values(prev_hash="f" * 64)
+        )
+    (broken,) = chain.verify(engine).broken
+    assert broken.record_id == second["id"] and "prev_hash" in broken.problem
+
+
+def test_a_deleted_record_breaks_the_chain(writer: RecordWriter, engine: Engine) -> None:
+    write_calls(writer, 4)
+    second = rows(engine)[1]
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM calls WHERE id = :id"), {"id": second["id"]})
+    (broken,) = chain.verify(engine).broken
+    assert broken.seq == 3 and "missing" in broken.problem
+
+
+def test_prune_keeps_the_chain_verifiable(store_url: str, engine: Engine) -> None:
+    old, new = NOW - 100 * 86400, NOW
+    with RecordWriter(store_url, chain_id="replica") as writer:
+        write_calls(writer, 3, start=old, session_id="old-session")
+        for record in (call(time=new), call(time=new)):
+            done(writer.record(record, outcome()))
+    report = chain.prune(engine, datetime.now(UTC) - timedelta(days=90))
+    assert (report.records, report.chains, report.sessions) == (3, 1, 1)
+    assert [row["chain_seq"] for row in rows(engine)] == [4, 5]
+    verified = chain.verify(engine)
+    assert (verified.ok, verified.records) == (True, 2)
+    assert queries.get_session(engine, "old-session") is None
+
+    # Tampering is still caught after a prune, and the chain carries on.
+    with RecordWriter(store_url, chain_id="replica") as writer:
+        write_calls(writer, 1)
+    assert chain.verify(engine).records == 3
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE calls SET decision = 'deny' WHERE chain_seq = 4"))
+    assert chain.verify(engine).broken[0].seq == 4
+
+    # Pruning everything leaves a checkpoint a new writer continues from.
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE calls SET decision = 'allow' WHERE chain_seq = 4"))
+    assert chain.prune(engine, datetime.now(UTC) + timedelta(days=1)).records == 3
+    with RecordWriter(store_url, chain_id="replica") as writer:
+        write_calls(writer, 1)
+    assert [row["chain_seq"] for row in rows(engine)] == [7]
+    assert chain.verify(engine).ok
+
+
+def test_prune_stops_at_a_young_record_in_the_middle_of_a_chain(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    old = NOW - 100 * 86400
+    write_calls(writer, 1, start=old)
+    write_calls(writer, 1, start=NOW)  # a young record chained in between
+    write_calls(writer, 1, start=old)  # e.g. an old call held for approval, finished late
+    report = chain.prune(engine, datetime.now(UTC) - timedelta(days=90))
+    assert report.records == 1
+    assert [row["chain_seq"] for row in rows(engine)] == [2, 3]
+    assert chain.verify(engine).ok
+
+
+def test_each_replica_has_its_own_chain(store_url: str, engine: Engine) -> None:
+    with (
+        RecordWriter(store_url, chain_id="replica-1") as one,
+        RecordWriter(store_url, chain_id="replica-2") as two,
+    ):
+        for _ in range(3):
+            write_calls(one, 1)
+            write_calls(two, 1)
+    report = chain.verify(engine)
+    assert (report.ok, report.chains, report.records) == (True, 2, 6)
+
+
+# -- revocations -----------------------------------------------------------------------
+
+
+def test_revocations_of_sessions_and_principals(store_url: str, engine: Engine) -> None:
+    cache = revocations.RevocationCache(store_url, refresh_seconds=3600)
+    try:
+        assert cache.is_revoked("sess-1", "ci-runner") is None
+        session = revocations.revoke_session(engine, "sess-1", "leaked in a log")
+        principal = revocations.revoke_principal(engine, "sub:repo:acme/*", "compromised repo")
+        later = datetime.now(UTC) + timedelta(hours=1)
+        revocations.revoke_principal(engine, "bot-?", "paused", until=later)
+        cache.refresh()
+
+        assert cache.is_revoked("sess-1", "someone") == session
+        assert cache.is_revoked("sess-2", "repo:acme/infra:ref:x") == principal
+        assert cache.is_revoked("sess-2", "repo:other/x") is None
+        assert cache.is_revoked(None, "bot-1").reason == "paused"  # type: ignore[union-attr]
+        assert cache.is_revoked(None, "bot-1", now=later + timedelta(seconds=1)) is None
+        assert cache.is_revoked(None, "bot-12") is None
+
+        assert revocations.lift(engine, session.id)
+        assert not revocations.lift(engine, session.id)
+        cache.refresh()
+        assert cache.is_revoked("sess-1", "someone") is None
+        active = revocations.list_revocations(engine)
+        assert [r.target for r in active] == ["repo:acme/*", "bot-?"]
+        assert len(revocations.list_revocations(engine, include_expired=True)) == 3
+    finally:
+        cache.close()
+
+
+def test_a_revocation_from_another_process_takes_effect_within_the_refresh(
+    store_url: str,
+) -> None:
+    cache = revocations.RevocationCache(store_url, refresh_seconds=0.1)
+    try:
+        script = (
+            "import sys\n"
+            "from addons.store import open_engine, revoke_session\n"
+            "engine = open_engine(sys.argv[1])\n"
+            "revoke_session(engine, 'sess-9', 'from elsewhere')\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        subprocess.run([sys.executable, "-c", script, store_url], check=True, env=env, timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while cache.is_revoked("sess-9", None) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        revoked = cache.is_revoked("sess-9", None)
+        assert revoked is not None and revoked.reason == "from elsewhere"
+        assert cache.healthy
+    finally:
+        cache.close()
+
+
+def test_revocation_cache_keeps_the_last_set_when_the_store_fails(
+    store_url: str, engine: Engine
+) -> None:
+    revocations.revoke_session(engine, "sess-1", "x")
+    cache = revocations.RevocationCache(store_url, refresh_seconds=3600)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE revocations"))
+        with pytest.raises(StoreUnavailable, match="cannot read revocations"):
+            cache.refresh()
+        assert not cache.healthy and cache.last_error
+        assert cache.is_revoked("sess-1", None) is not None
+    finally:
+        cache.close()
+
+
+# -- queries ---------------------------------------------------------------------------
+
+
+def test_parse_time_accepts_durations_and_iso_timestamps() -> None:
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    assert queries.parse_time("90m", now=now) == now - timedelta(minutes=90)
+    assert queries.parse_time("2h", now=now) == now - timedelta(hours=2)
+    assert queries.parse_time("7d", now=now) == now - timedelta(days=7)
+    assert queries.parse_time("1d", now=now, future=True) == now + timedelta(days=1)
+    assert queries.parse_time("2025-05-01T10:00:00", now=now) == datetime(
+        2025, 5, 1, 10, tzinfo=UTC
+    )
+    assert queries.parse_time("2025-05-01T10:00:00+02:00") == datetime(2025, 5, 1, 8, tzinfo=UTC)
+    with pytest.raises(ValueError, match="neither a duration"):
+        queries.parse_time("yesterday")
+
+
+def test_search_filters(writer: RecordWriter, engine: Engine) -> None:
+    def one(**fields: Any) -> None:
+        done(writer.record(call(**fields), outcome()))
+
+    one(time=NOW - 3 * 86400, subject="ci-old")
+    one(time=NOW - 60, service="s3", operation="GetObject", resources=["arn:aws:s3:::logs/a"])
+    one(time=NOW - 30, decision="deny", subject="alice", groups=["humans"])
+    one(time=NOW - 10, service="lambda", operation="InvokeAsync", subject="ci-7")
+
+    def search(**filters: Any) -> list[str | None]:
+        query = queries.CallQuery(**filters)
+        return [row["action"] for row in queries.search_calls(engine, query)]
+
+    assert search() == ["lambda:InvokeAsync", "lambda:Invoke", "s3:GetObject", "lambda:Invoke"]
+    assert search(action="lambda:Invoke") == ["lambda:Invoke", "lambda:Invoke"]
+    assert search(action="lambda:*") == ["lambda:InvokeAsync", "lambda:Invoke", "lambda:Invoke"]
+    assert search(resource="arn:aws:s3:::logs/*") == ["s3:GetObject"]
+    assert search(decision="deny") == ["lambda:Invoke"]
+    since = datetime.fromtimestamp(NOW - 86400, UTC)
+    assert len(search(since=since)) == 3
+    ci = queries.PrincipalFilter.parse("sub:ci-*")
+    assert search(principal=ci) == ["lambda:InvokeAsync", "lambda:Invoke"]
+    assert search(principal=queries.PrincipalFilter.parse("group:humans")) == ["lambda:Invoke"]
+    assert search(principal=queries.PrincipalFilter.parse("alice")) == ["lambda:Invoke"]
+    limited = list(queries.search_calls(engine, queries.CallQuery(), limit=2))
+    assert len(limited) == 2
