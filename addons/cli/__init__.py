@@ -11,13 +11,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from addons.cli import common, devidp, policy, run
+from addons.cli import audit, common, devidp, policy, revoke, run, sessions
 
-COMMAND_GROUPS = (run, devidp, policy)
+DESCRIPTION = "awsgate: a gateway that puts autonomous agents on a leash when they call AWS."
+COMMAND_GROUPS = (run, policy, sessions, audit, revoke, devidp)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="awsgate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="awsgate", description=DESCRIPTION)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.register(subcommands)

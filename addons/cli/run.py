@@ -42,7 +42,7 @@ async def _serve(config_path: os.PathLike[str], port: int, host: str, verbose: b
     master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
     master.addons.add(*gateway.addons)
     try:
-        opts.update(awsgate_config=str(config_path), flow_detail=1 if verbose else 0)
+        opts.update(awsgate_config=str(config_path))
     except exceptions.OptionsError as exc:
         raise common.CommandError(str(exc).removeprefix("awsgate: ")) from exc
     await master.run()

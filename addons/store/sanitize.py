@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,30 @@ def text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
+# Credential values inside API bodies: STS/IAM XML and JSON answers, form-encoded requests.
+# The masking addon should have replaced them; this is the last line.
+_BODY_SECRETS = re.compile(
+    rb"(?P<xml><(?:SecretAccessKey|SessionToken|WebIdentityToken|SAMLAssertion)>)[^<]*"
+    rb"|(?P<json>\"(?:SecretAccessKey|SessionToken|WebIdentityToken|SAMLAssertion)\"\s*:\s*)"
+    rb"\"(?:[^\"\\]|\\.)*\""
+    rb"|(?P<form>(?:^|&)(?:SecretAccessKey|SessionToken|WebIdentityToken|SAMLAssertion)=)[^&]*",
+    re.IGNORECASE,
+)
+
+
+def _redact_body_secret(match: re.Match[bytes]) -> bytes:
+    if match["xml"]:
+        return match["xml"] + REDACTED.encode()
+    if match["json"]:
+        return match["json"] + b'"' + REDACTED.encode() + b'"'
+    return match["form"] + REDACTED.encode()
+
+
+def body_secrets(content: bytes) -> bytes:
+    """``content`` with credential values in XML, JSON or form bodies replaced."""
+    return _BODY_SECRETS.sub(_redact_body_secret, content)
+
+
 @dataclass(frozen=True)
 class StoredBody:
     """What is kept of one body: the bytes when small enough, always size and digest."""
@@ -123,8 +148,10 @@ class StoredBody:
 
 
 def body(content: bytes | None, size: int | None, sha256: str | None, limit: int) -> StoredBody:
-    """Bodies over ``limit`` bytes are kept as size and sha256 only."""
+    """Bodies over ``limit`` bytes are kept as size and sha256 only, smaller ones scrubbed."""
     if content is None:
         return StoredBody(None, size, sha256)
+    if len(content) <= limit:
+        content = body_secrets(bytes(content))
     digest = hashlib.sha256(content).hexdigest()
     return StoredBody(content if len(content) <= limit else None, len(content), digest)

@@ -471,13 +471,21 @@ def test_credentials_are_redacted_even_when_the_caller_forgot(tmp_path: Path) ->
             ("x-amz-server-side-encryption-customer-key", SECRET),
         ],
         parameters={"RoleArn": "arn:aws:iam::1:role/r", "WebIdentityToken": SECRET},
+        request_body=f"Action=AssumeRoleWithWebIdentity&WebIdentityToken={SECRET}&x=1".encode(),
     )
+    minted = (
+        f"<Credentials><AccessKeyId>ASIAFAKE</AccessKeyId><SecretAccessKey>{SECRET}"
+        f"</SecretAccessKey><SessionToken>{SECRET}</SessionToken></Credentials>"
+    ).encode()
     with RecordWriter(url) as writer:
         done(writer.begin(record))
         done(
             writer.finish(
                 record.request_id,
-                outcome(response_headers=[("Set-Cookie", f"s={SECRET}"), ("X-Ok", "yes")]),
+                outcome(
+                    response_headers=[("Set-Cookie", f"s={SECRET}"), ("X-Ok", "yes")],
+                    response_body=minted,
+                ),
             )
         )
     engine = open_engine(url)
@@ -494,6 +502,12 @@ def test_credentials_are_redacted_even_when_the_caller_forgot(tmp_path: Path) ->
         "RoleArn": "arn:aws:iam::1:role/r",
         "WebIdentityToken": "[redacted]",
     }
+    assert (
+        row["request_body"] == b"Action=AssumeRoleWithWebIdentity&WebIdentityToken=[redacted]&x=1"
+    )
+    assert (
+        b"<AccessKeyId>ASIAFAKE</AccessKeyId><SecretAccessKey>[redacted]<" in row["response_body"]
+    )
     for path in tmp_path.iterdir():  # the database file, its WAL, anything
         assert SECRET.encode() not in path.read_bytes(), path.name
 
