@@ -198,8 +198,12 @@ class Gateway:
         extra_args: tuple[str, ...] = (),
         wait: bool = True,
         via_cli: bool = False,
+        scripts_before: tuple[str, ...] = (),
     ) -> None:
-        """Start ``mitmdump -s addons/gateway.py`` (or ``awsgate run`` with ``via_cli``)."""
+        """Start ``mitmdump -s addons/gateway.py`` (or ``awsgate run`` with ``via_cli``).
+
+        ``scripts_before`` are mitmproxy scripts loaded ahead of the gateway (tests only).
+        """
         if via_cli:
             command = [
                 str(BIN / "awsgate"),
@@ -213,6 +217,7 @@ class Gateway:
         else:
             command = [
                 str(BIN / "mitmdump"),
+                *(arg for script in scripts_before for arg in ("-s", script)),
                 "-s",
                 str(ROOT / "addons" / "gateway.py"),
                 "--set",

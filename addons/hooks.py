@@ -143,8 +143,10 @@ class ForwardGuard:
                 ),
             )
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._check(flow, phase_streamed=True)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         self._check(flow, phase_streamed=False)

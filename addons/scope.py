@@ -49,6 +49,7 @@ class Scope:
             # Build the endpoint catalogue now rather than on the first call's event loop turn.
             endpoints.warm()
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.block_non_aws and not is_aws_host(flow.request.host):
             flow.response = http.Response.make(
