@@ -113,15 +113,13 @@ def _suffixes() -> list[_Suffix]:
 
 def _add_model_prefixes(prefixes: dict[str, _Prefix]) -> None:
     for service in models.service_names():
-        model = models.service_model(service)
-        meta = model.metadata
+        meta = models.metadata(service)
         prefix = meta.get("endpointPrefix") or service
         signing = meta.get("signingName") or prefix
         entry = prefixes[prefix]
         entry.services.add(service)
         entry.signing_names.add(signing)
-        for name in model.operation_names:
-            host_prefix = (model.operation_model(name).endpoint or {}).get("hostPrefix")
+        for host_prefix in models.host_prefixes(service).values():
             if not host_prefix:
                 continue
             if "{" in host_prefix:
@@ -180,6 +178,22 @@ def _walk_rule_urls(node: Any, found: list[tuple[str, str | None]]) -> None:
             _walk_rule_urls(value, found)
 
 
+@cache
+def _rule_set_urls() -> dict[str, list[tuple[str, str | None]]]:
+    """Every service's endpoint URL templates, cached on disk with the model summary."""
+    return models.per_service_cached("endpoint-urls", _service_rule_set_urls)
+
+
+def _service_rule_set_urls(service: str) -> list[tuple[str, str | None]]:
+    try:
+        rules = models.loader().load_service_model(service, "endpoint-rule-set-1")
+    except Exception:  # a service without rule set: endpoints.json covers it
+        return []
+    found: list[tuple[str, str | None]] = []
+    _walk_rule_urls(rules, found)
+    return found
+
+
 def _leading_kind(placeholder: str) -> str:
     if "bucket" in placeholder.lower() and "accesspoint" not in placeholder.lower():
         return BUCKET
@@ -226,13 +240,7 @@ def _add_rule_set_hosts(
     prefixes: dict[str, _Prefix], patterns: dict[str, _Prefix], service: str, signing: str
 ) -> None:
     """Learn service labels and their leading labels from one service's rule set."""
-    try:
-        rules = models.loader().load_service_model(service, "endpoint-rule-set-1")
-    except Exception:  # a service without rule set: endpoints.json covers it
-        return
-    found: list[tuple[str, str | None]] = []
-    _walk_rule_urls(rules, found)
-    for url, scheme_signing in found:
+    for url, scheme_signing in _rule_set_urls()[service]:
         authority = url.split("://", 1)[-1].split("/", 1)[0]
         if authority.startswith(("{Endpoint", "{url#")):
             continue
