@@ -10,6 +10,7 @@ signing: what is signed is what goes on the wire.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Set
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -20,6 +21,8 @@ from addons import context, settings
 from addons.aws import chunked, credentials, endpoints, sigv4
 from addons.context import GateContext
 from addons.hooks import RequestStage, deny, fail_closed, split_path
+
+logger = logging.getLogger("awsgate")
 
 
 def host_without_port(host_header: str) -> str:
@@ -103,6 +106,16 @@ class Signing(RequestStage):
                 creds, signed, operation.region, operation.signing_name, payload_hash
             )
         gate.signed = True
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        resigner = flow.request.stream
+        if isinstance(resigner, chunked.ChunkResigner) and not resigner.complete:
+            # Its bytes have left: from the bad chunk on they went as the agent sent them,
+            # outside the gateway's signature chain, so AWS refuses the upload.
+            logger.error("awsgate: chunk-signed upload broken: %s", resigner.error or "cut short")
+            return
+        await super().request(flow)
 
     def _route(self, request: http.Request, aws_host: str) -> None:
         """Send to the configured upstream, keeping the AWS Host header (set back after)."""

@@ -7,9 +7,11 @@ so a body signed by the agent is refused by S3 once the headers are re-signed.
 the gateway's chain, optionally checking the agent's chain as the chunks pass.
 
 It is a ``flow.request.stream`` callable for mitmproxy: it takes slices of the
-body in order, cut anywhere, and ``b""`` at the end of the stream; it holds at
-most one chunk. Chunk sizes are kept and every signature is 64 hex digits, so
-Content-Length and x-amz-decoded-content-length stay valid. Wire format::
+body in order, cut anywhere (``b""``, at the end of the stream or for an empty
+HTTP/2 frame, changes nothing); it holds at most one chunk. Chunk sizes are kept
+and every signature is 64 hex digits, so Content-Length and
+x-amz-decoded-content-length stay valid. A chunk leaves only once it is whole
+and (when checked) its agent signature matched. Wire format::
 
     <hex size>;chunk-signature=<sig>\\r\\n<data>\\r\\n   ... then a 0-size chunk,
     followed by \\r\\n, or (trailer mode) by trailer lines, then
@@ -71,7 +73,16 @@ def _check(expected: str, given: bytes, what: str) -> None:
 
 
 class ChunkResigner:
-    """Re-frames an aws-chunked body with the gateway's chunk signatures."""
+    """Re-frames an aws-chunked body with the gateway's chunk signatures.
+
+    On a malformed body or a wrong agent signature it does not raise (inside
+    mitmproxy that only logs a crash and leaves both ends hanging): it records
+    :attr:`error` and from then on passes the agent's bytes through untouched,
+    starting with the offending chunk. Those carry no signature of the
+    gateway's chain, so S3 answers SignatureDoesNotMatch (or a framing error)
+    and stores nothing. (Withholding them instead would leave S3 waiting for
+    the rest of Content-Length until it times out.)
+    """
 
     def __init__(
         self,
@@ -87,40 +98,46 @@ class ChunkResigner:
         self._max_chunk = max_chunk
         self._buffer = bytearray()
         self._state = self._chunk_header
+        self._header = b""  # the agent's header line of the chunk being read
         self._size = 0
         self._size_token = b""
         self._agent_signature = b""
         self._trailers = bytearray()
         self._trailer_signed = False
-        self._failed = False
+        self.error: SignatureError | None = None
 
     def __call__(self, data: bytes) -> bytes:
-        if self._failed:
-            raise SignatureError("the aws-chunked body was already refused")
+        if self.error is not None:
+            return data
+        self._buffer += data
+        out = bytearray()
         try:
-            if self._state == self._done and data:
-                raise SignatureError("data after the end of the aws-chunked body")
-            self._buffer += data
-            out = bytearray()
             while self._state(out):
                 pass
-            if not data and self._state != self._done:
-                raise SignatureError("the aws-chunked body ended early")
-            return bytes(out)
-        except Exception:
-            self._failed = True
+        except SignatureError as error:
+            self.error = error
+            out += self._header if self._state == self._chunk_data else b""
+            out += self._buffer
             self._buffer.clear()
-            raise
+        return bytes(out)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body passed, re-signed, up to its final CRLF.
+
+        ``b""`` is not an error on its own: HTTP/2 may deliver an empty DATA
+        frame mid-body, and S3 refuses a truncated body anyway.
+        """
+        return self.error is None and self._state == self._done
 
     def _line(self) -> tuple[bytes, bytes] | None:
-        """The next line without and with its terminator, or None until it is whole."""
+        """The next line without and with its terminator (left in the buffer)."""
         end = self._buffer.find(b"\n", 0, MAX_LINE + 1)
         if end < 0:
             if len(self._buffer) > MAX_LINE:
                 raise SignatureError("aws-chunked framing line too long")
             return None
         raw = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
         return raw.rstrip(b"\r\n"), raw
 
     def _chunk_header(self, out: bytearray) -> bool:
@@ -130,10 +147,13 @@ class ChunkResigner:
         match = _CHUNK_HEADER.match(line[0])
         if match is None:
             raise SignatureError("malformed aws-chunked chunk header")
-        self._size_token, self._agent_signature = match.groups()
-        self._size = int(self._size_token, 16)
-        if self._size > self._max_chunk:
+        size_token, agent_signature = match.groups()
+        if int(size_token, 16) > self._max_chunk:
             raise SignatureError("aws-chunked chunk larger than the gateway accepts")
+        self._header = line[1]
+        del self._buffer[: len(self._header)]
+        self._size_token, self._agent_signature = size_token, agent_signature
+        self._size = int(size_token, 16)
         self._state = self._chunk_data
         return True
 
@@ -143,14 +163,14 @@ class ChunkResigner:
         needed = self._size if last and self._trailer_mode else self._size + 2
         if len(self._buffer) < needed:
             return False
-        data = bytes(self._buffer[: self._size])
         if needed > self._size and self._buffer[self._size : needed] != b"\r\n":
             raise SignatureError("malformed aws-chunked chunk: data is not followed by CRLF")
-        del self._buffer[:needed]
+        data = bytes(self._buffer[: self._size])
         digest = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
         if self._verify is not None:
             _check(self._verify.chunk(digest), self._agent_signature, "chunk")
         signature = self._resign.chunk(digest)
+        del self._buffer[:needed]
         out += b"%s;chunk-signature=%s\r\n" % (self._size_token, signature.encode())
         out += data
         out += b"\r\n" if needed > self._size else b""
@@ -166,31 +186,36 @@ class ChunkResigner:
             return False
         text, raw = line
         if not text:
-            out += raw
             # Some clients put an empty line between the trailers and their signature.
             if self._trailer_signed:
                 self._state = self._done
-            return True
-        if self._trailer_signed:
+        elif self._trailer_signed:
             raise SignatureError("aws-chunked trailer after x-amz-trailer-signature")
+        else:
+            raw = self._trailer(text, raw)
+        del self._buffer[: len(line[1])]
+        out += raw
+        return True
+
+    def _trailer(self, text: bytes, raw: bytes) -> bytes:
+        """One trailer line as it goes out: unchanged, or the re-signed signature line."""
         name, colon, value = text.partition(b":")
         name = name.strip().lower()
         if not colon or not name:
             raise SignatureError("malformed aws-chunked trailer")
         if name != TRAILER_SIGNATURE:
+            if len(self._trailers) + len(text) > MAX_LINE:
+                raise SignatureError("aws-chunked trailers too long")
             self._trailers += b"%s:%s\n" % (name, value.strip())
-            out += raw
-            return True
+            return raw
         agent_signature = value.strip()
         if not _SIGNATURE.match(agent_signature):
             raise SignatureError("malformed x-amz-trailer-signature")
         canonical = bytes(self._trailers)
         if self._verify is not None:
             _check(self._verify.trailer(canonical), agent_signature, "trailer")
-        signature = self._resign.trailer(canonical).encode()
-        out += raw.replace(agent_signature, signature)
         self._trailer_signed = True
-        return True
+        return raw.replace(agent_signature, self._resign.trailer(canonical).encode())
 
     def _done(self, out: bytearray) -> bool:
         if self._buffer:

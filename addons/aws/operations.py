@@ -154,7 +154,10 @@ class _Wire:
     @property
     def query_pairs(self) -> list[tuple[str, str]]:
         if self._query is None:
-            self._query = parse_qsl(self.req.query, keep_blank_values=True)
+            # The gateway forwards a raw "+" in the query as "%2B" (sigv4.strip_auth), so
+            # AWS reads it as a plus: resolve it the same way, not as parse_qsl's space.
+            query = self.req.query.replace("+", "%2B")
+            self._query = parse_qsl(query, keep_blank_values=True)
         return self._query
 
     @property

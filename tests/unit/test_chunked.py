@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -73,7 +74,7 @@ def chunked_body(signatures, trailer: bytes | None = None, trailer_signature: st
     return body
 
 
-def run(transform, body: bytes, slices=None) -> bytes:
+def feed(transform, body: bytes, slices=None) -> bytes:
     """Feed ``body`` as mitmproxy does: slices in order, then b"" for the end."""
     slices = slices or [len(body)]
     out, position = [], 0
@@ -83,6 +84,24 @@ def run(transform, body: bytes, slices=None) -> bytes:
     assert position >= len(body)
     out.append(transform(b""))
     return b"".join(out)
+
+
+def run(transform, body: bytes, slices=None) -> bytes:
+    """The re-signed body, which must have passed whole and without error."""
+    out = feed(transform, body, slices)
+    assert transform.error is None and transform.complete
+    return out
+
+
+def refused(transform, body: bytes, message: str) -> bytes:
+    """The output for a body that must be refused: the same length, passed on as it came
+    from the offending chunk on, so that S3 rejects it; later data passes through."""
+    out = feed(transform, body)
+    assert transform.error is not None and not transform.complete
+    assert re.search(message, str(transform.error))
+    assert len(out) == len(body)
+    assert transform(b"more") == b"more"
+    return out
 
 
 def doc_chain(seed: str, secret: str = DOC.secret_key) -> ChunkChain:
@@ -160,8 +179,8 @@ def test_zero_signatures_are_refused_when_the_agent_chain_is_checked():
     transform = chunk_resigner(
         DOC, signed, "us-east-1", "s3", STREAMING_SIGNED, auth, DOC.secret_key
     )
-    with pytest.raises(SignatureError, match="chunk signature does not match"):
-        run(transform, chunked_body(ZEROS))
+    given = chunked_body(ZEROS)
+    assert refused(transform, given, "chunk signature does not match") == given
 
 
 def test_trailer_upload_is_resigned_to_the_documented_signatures():
@@ -177,8 +196,7 @@ def test_a_tampered_trailer_is_refused_when_checked():
     expected = chunked_body(TRAILER_CHUNK_SIGNATURES, TRAILER, TRAILER_SIGNATURE)
     tampered = expected.replace(b"sOO8/Q==", b"AAAAAA==")
     checked = ChunkResigner(doc_chain(TRAILER_SEED), trailer=True, verify=doc_chain(TRAILER_SEED))
-    with pytest.raises(SignatureError, match="trailer signature does not match"):
-        run(checked, tampered)
+    assert refused(checked, tampered, "trailer signature does not match") == tampered
 
 
 def test_lf_trailer_lines_and_a_blank_line_before_the_signature_are_kept():
@@ -188,7 +206,7 @@ def test_lf_trailer_lines_and_a_blank_line_before_the_signature_are_kept():
     assert run(checked, variant) == variant
 
 
-def gateway_resign(agent_headers, agent_body, slices=None):
+def gateway_resign(agent_headers):
     """The signing addon's path for a chunk-signed upload: verify, strip, sign, re-frame."""
     auth = parse_auth(agent_headers, "")
     verify(auth, DOC.secret_key, "PUT", DOC_PATH, "", agent_headers, None, DOC_NOW)
@@ -201,7 +219,7 @@ def gateway_resign(agent_headers, agent_body, slices=None):
     transform = chunk_resigner(GATEWAY, signed, "us-east-1", "s3", mode, auth, DOC.secret_key)
     replaced = {name.lower() for name in signed}
     forwarded = [(n, v) for n, v in headers if n.lower() not in replaced] + list(signed.items())
-    return forwarded, run(transform, agent_body, slices)
+    return forwarded, transform
 
 
 def s3_accepts(headers, body) -> bool:
@@ -209,19 +227,21 @@ def s3_accepts(headers, body) -> bool:
     auth = parse_auth(headers, "")
     verify(auth, GATEWAY.secret_key, "PUT", DOC_PATH, "", headers, None, NOW)
     key = signing_key(GATEWAY.secret_key, auth.date, auth.region, auth.service)
-    chain = ChunkChain(key, auth.amz_date, auth.scope, auth.signature)
-    run(
-        ChunkResigner(
-            ChunkChain(key, auth.amz_date, auth.scope, auth.signature), trailer=False, verify=chain
-        ),
-        body,
+    check = ChunkResigner(
+        ChunkChain(key, auth.amz_date, auth.scope, auth.signature),
+        trailer=False,
+        verify=ChunkChain(key, auth.amz_date, auth.scope, auth.signature),
     )
+    feed(check, body)
+    if check.error is not None or not check.complete:
+        raise SignatureError("S3 would refuse this body")
     return True
 
 
 def test_gateway_resigned_upload_passes_s3s_checks_with_the_same_length_and_data():
     headers, body = doc_agent_request()
-    forwarded_headers, forwarded = gateway_resign(headers, body)
+    forwarded_headers, transform = gateway_resign(headers)
+    forwarded = run(transform, body)
     assert len(forwarded) == len(body) == 66824
     assert forwarded != body
     assert forwarded.replace(b"\r\n", b"").count(b"a" * 1024) >= 65
@@ -237,16 +257,28 @@ def test_gateway_resigned_upload_passes_s3s_checks_with_the_same_length_and_data
         s3_accepts(forwarded_headers, body)
 
 
+def test_a_tampered_chunk_leaves_unsigned_by_the_gateway_so_s3_refuses_the_upload():
+    headers, body = doc_agent_request()
+    tampered = body[:66000] + b"b" + body[66001:]  # a byte of the second chunk
+    forwarded_headers, transform = gateway_resign(headers)
+    out = refused(transform, tampered, "chunk signature does not match")
+    second = body.index(b"400;chunk-signature")
+    assert out[second:] == tampered[second:]  # the agent's bytes, not the gateway's chain
+    assert out[:second] != tampered[:second]  # the first chunk was re-signed
+    with pytest.raises(SignatureError):
+        s3_accepts(forwarded_headers, out)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_any_slicing_of_the_body_gives_the_same_output(seed):
     headers, body = doc_agent_request()
-    _, whole = gateway_resign(headers, body)
+    whole = run(gateway_resign(headers)[1], body)
     rng = random.Random(seed)
     slices, left = [], len(body)
     while left > 0:
         slices.append(min(left, rng.choice([1, 2, 7, 64, 1000, 4096, 65535, 70000])))
         left -= slices[-1]
-    assert gateway_resign(headers, body, slices)[1] == whole
+    assert run(gateway_resign(headers)[1], body, slices) == whole
 
 
 def test_byte_by_byte_feeding_works():
@@ -268,8 +300,6 @@ def test_each_chunk_leaves_as_soon_as_it_is_whole():
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (chunked_body(DOC_CHUNK_SIGNATURES)[:-1], "ended early"),
-        (chunked_body(DOC_CHUNK_SIGNATURES)[:66000], "ended early"),
         (chunked_body(DOC_CHUNK_SIGNATURES) + b"0", "after the end"),
         (b"10000\r\n" + b"a" * 65536 + b"\r\n", "malformed aws-chunked chunk header"),
         (b"10000;chunk-signature=" + b"A" * 64 + b"\r\n", "malformed aws-chunked chunk header"),
@@ -279,26 +309,40 @@ def test_each_chunk_leaves_as_soon_as_it_is_whole():
         (b"1" * 5000, "line too long"),
     ],
 )
-def test_malformed_bodies_fail_the_stream(body, message):
+def test_malformed_bodies_are_refused(body, message):
     transform = ChunkResigner(doc_chain(DOC_SEED), trailer=False, max_chunk=1024 * 1024)
-    with pytest.raises(SignatureError, match=message):
-        run(transform, body)
-    with pytest.raises(SignatureError, match="already refused"):
-        transform(b"more")
+    refused(transform, body, message)
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (chunked_body(TRAILER_CHUNK_SIGNATURES), "ended early"),
         (chunked_body(TRAILER_CHUNK_SIGNATURES, TRAILER, TRAILER_SIGNATURE) + b"x:y\r\n", "after"),
         (chunked_body(TRAILER_CHUNK_SIGNATURES, b"no-colon\r\n", TRAILER_SIGNATURE), "trailer"),
         (chunked_body(TRAILER_CHUNK_SIGNATURES, TRAILER, "XYZ"), "x-amz-trailer-signature"),
+        (chunked_body(TRAILER_CHUNK_SIGNATURES, b"x-a:b\r\n" * 1000, "0" * 64), "too long"),
     ],
 )
-def test_malformed_trailers_fail_the_stream(body, message):
-    with pytest.raises(SignatureError, match=message):
-        run(ChunkResigner(doc_chain(TRAILER_SEED), trailer=True), body)
+def test_malformed_trailers_are_refused(body, message):
+    refused(ChunkResigner(doc_chain(TRAILER_SEED), trailer=True), body, message)
+
+
+@pytest.mark.parametrize("cut", [1, 66000, 66822])
+def test_a_truncated_body_is_incomplete_and_empty_slices_change_nothing(cut):
+    body = chunked_body(DOC_CHUNK_SIGNATURES)
+    transform = ChunkResigner(doc_chain(DOC_SEED), trailer=False, verify=doc_chain(DOC_SEED))
+    head = transform(body[:cut]) + transform(b"")
+    assert not transform.complete
+    assert body.startswith(head)
+    assert head + transform(body[cut:]) + transform(b"") == body
+    assert transform.complete
+
+
+def test_a_trailer_upload_without_its_signature_is_incomplete():
+    transform = ChunkResigner(doc_chain(TRAILER_SEED), trailer=True)
+    transform(chunked_body(TRAILER_CHUNK_SIGNATURES) + TRAILER + b"\r\n")
+    assert transform(b"") == b""
+    assert not transform.complete
 
 
 @pytest.mark.parametrize("mode", [UNSIGNED_PAYLOAD, STREAMING_UNSIGNED_TRAILER, "0" * 64])

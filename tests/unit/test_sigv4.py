@@ -37,6 +37,7 @@ from addons.aws.sigv4 import (
     canonical_query,
     canonical_uri,
     is_s3_style,
+    parse_amz_date,
     parse_auth,
     payload_hash,
     signing_key,
@@ -425,8 +426,15 @@ def sdk_wire(request) -> Wire:
 
 
 def _signed_at(wire: Wire) -> datetime:
-    auth = parse_auth(list(wire.headers), wire.query)
-    return datetime.strptime(auth.amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return parse_amz_date(parse_auth(list(wire.headers), wire.query).amz_date)
+
+
+def verify_wire(auth, wire: Wire, *, secret=AGENT_SECRET, when=None, max_skew=300, **changes):
+    """verify() on ``wire`` (with ``changes`` applied), at its signing time by default."""
+    bad = replace(wire, **changes)
+    when = when or _signed_at(wire)
+    headers = list(bad.headers)
+    verify(auth, secret, bad.method, bad.path, bad.query, headers, bad.body, when, max_skew)
 
 
 def test_verify_accepts_what_the_sdk_signed(sdk_wire):
@@ -437,16 +445,7 @@ def test_verify_accepts_what_the_sdk_signed(sdk_wire):
         "us-east-1",
     )
     assert not auth.presigned and auth.security_token is None
-    verify(
-        auth,
-        AGENT_SECRET,
-        sdk_wire.method,
-        sdk_wire.path,
-        sdk_wire.query,
-        list(sdk_wire.headers),
-        sdk_wire.body,
-        _signed_at(sdk_wire),
-    )
+    verify_wire(auth, sdk_wire)
 
 
 def _tampered(wire: Wire) -> list[Wire]:
@@ -471,27 +470,9 @@ def test_verify_rejects_any_changed_part(sdk_wire):
     when = _signed_at(sdk_wire)
     for bad in _tampered(sdk_wire):
         with pytest.raises(SignatureError):
-            verify(
-                auth,
-                AGENT_SECRET,
-                bad.method,
-                bad.path,
-                bad.query,
-                list(bad.headers),
-                bad.body,
-                when,
-            )
+            verify_wire(auth, bad, when=when)
     with pytest.raises(SignatureError, match="does not match"):
-        verify(
-            auth,
-            AGENT_SECRET + "x",
-            sdk_wire.method,
-            sdk_wire.path,
-            sdk_wire.query,
-            list(sdk_wire.headers),
-            sdk_wire.body,
-            when,
-        )
+        verify_wire(auth, sdk_wire, secret=AGENT_SECRET + "x")
 
 
 class _S3ModeSigner(botocore.auth.S3SigV4Auth):
@@ -579,16 +560,7 @@ def test_agent_session_token_is_parsed_and_stripped():
     auth = parse_auth(list(wire.headers), wire.query)
     assert auth.security_token == AGENT_TOKEN
     assert AGENT_TOKEN not in repr(auth)
-    verify(
-        auth,
-        AGENT_SECRET,
-        wire.method,
-        wire.path,
-        wire.query,
-        list(wire.headers),
-        wire.body,
-        _signed_at(wire),
-    )
+    verify_wire(auth, wire)
     stripped, signed, _ = resign(wire, GATEWAY)
     assert not any(
         n.lower() in {"x-amz-security-token", "authorization", "x-amz-date"}
@@ -632,7 +604,7 @@ def test_presigned_urls_verify_and_resign_as_header_auth(case, token, monkeypatc
     wire = _wire_from_url(method, url, {}, b"", signing, "us-east-1")
     auth = parse_auth(list(wire.headers), wire.query)
     assert auth.presigned and auth.expires == 900 and auth.security_token == token
-    signed_at = datetime.strptime(auth.amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    signed_at = parse_amz_date(auth.amz_date)
     verify(
         auth,
         AGENT_SECRET,
@@ -925,17 +897,7 @@ def test_verify_bounds_the_clock_skew():
     signed_at = _signed_at(wire)
 
     def check(now, max_skew=300):
-        verify(
-            auth,
-            AGENT_SECRET,
-            wire.method,
-            wire.path,
-            wire.query,
-            list(wire.headers),
-            wire.body,
-            now,
-            max_skew,
-        )
+        verify_wire(auth, wire, when=now, max_skew=max_skew)
 
     check(signed_at + timedelta(seconds=300))
     check(signed_at - timedelta(seconds=300))
@@ -949,18 +911,9 @@ def test_verify_bounds_the_clock_skew():
 def test_verify_refuses_a_signed_header_that_is_missing():
     wire = _sdk_wire("sqs-json")
     auth = parse_auth(list(wire.headers), wire.query)
-    headers = [(n, v) for n, v in wire.headers if n.lower() != "x-amz-target"]
+    headers = tuple((n, v) for n, v in wire.headers if n.lower() != "x-amz-target")
     with pytest.raises(SignatureError, match="x-amz-target"):
-        verify(
-            auth,
-            AGENT_SECRET,
-            wire.method,
-            wire.path,
-            wire.query,
-            headers,
-            wire.body,
-            _signed_at(wire),
-        )
+        verify_wire(auth, wire, headers=headers)
 
 
 def test_verify_refuses_unsigned_x_amz_headers_like_s3_does():
@@ -976,32 +929,14 @@ def test_verify_refuses_unsigned_x_amz_headers_like_s3_does():
     wire = _sdk_wire("sqs-json")
     auth = parse_auth(list(wire.headers), wire.query)
     with pytest.raises(SignatureError, match="'x-amz-meta-x' is present but not signed"):
-        verify(
-            auth,
-            AGENT_SECRET,
-            wire.method,
-            wire.path,
-            wire.query,
-            [*wire.headers, ("X-Amz-Meta-X", "1")],
-            wire.body,
-            _signed_at(wire),
-        )
+        verify_wire(auth, wire, headers=(*wire.headers, ("X-Amz-Meta-X", "1")))
 
 
 def test_error_messages_carry_no_secret():
     wire = _sdk_wire("sqs-json", token=AGENT_TOKEN)
     auth = parse_auth(list(wire.headers), wire.query)
     with pytest.raises(SignatureError) as caught:
-        verify(
-            auth,
-            AGENT_SECRET,
-            "PUT",
-            wire.path,
-            wire.query,
-            list(wire.headers),
-            wire.body,
-            _signed_at(wire),
-        )
+        verify_wire(auth, wire, method="PUT")
     for secret in (AGENT_SECRET, AGENT_TOKEN, auth.signature):
         assert secret not in str(caught.value)
 
