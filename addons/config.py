@@ -9,6 +9,7 @@ refuses to start instead of running on a half-understood config.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,39 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """Where approval notifications are posted: Slack incoming-webhook or generic JSON."""
+
+    url: str
+    format: str = "json"  # "slack" or "json"
+
+
+@dataclass(frozen=True)
+class WebLoginConfig:
+    """The approval page's OIDC client: approvers log in with authorization code + PKCE."""
+
+    issuer: str  # one of identity.issuers, whose groups mapping applies
+    client_id: str
+    client_secret_file: Path | None = None
+    scopes: tuple[str, ...] = ("openid",)
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    """How calls under review are held and decided (the ``approvals:`` section)."""
+
+    # Seconds a call is held open for a decision: below the SDKs' 60 s read
+    # timeout, which starts before the hold does.
+    wait: float = 55.0
+    expire: int = 3600  # seconds a pending request may still be decided
+    grant_window: int = 900  # seconds an approved request stays usable by its retry
+    max_window: int = 24 * 3600  # longest time-window grant an approver may give
+    public_url: str | None = None  # the approval page, for links in messages
+    webhooks: tuple[WebhookConfig, ...] = ()
+    oidc: WebLoginConfig | None = None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     certs: Path
@@ -70,6 +104,11 @@ class GatewayConfig:
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     block_non_aws: bool = False
     stream_threshold: int = 1024 * 1024
+    mask_patterns: tuple[str, ...] = ()  # masking.patterns: regexes scrubbed from the record
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    metrics_listen: tuple[str, int] | None = None  # metrics.listen: Prometheus endpoint
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
+    replica_id: str | None = None  # names this replica in logs, metrics and its record chain
 
     @property
     def base_dir(self) -> Path:
@@ -105,6 +144,11 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
         "roles",
         "non_aws",
         "stream_threshold",
+        "masking",
+        "approvals",
+        "metrics",
+        "log_format",
+        "replica_id",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -118,16 +162,22 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
     if non_aws not in ("pass", "block"):
         raise ConfigError(f"{path}: non_aws must be 'pass' or 'block', got {non_aws!r}")
     policies = _optional_str(raw, "policies", path)
+    identity = _identity(raw.get("identity") or {}, base, path)
     return GatewayConfig(
         path=path,
         certs=_resolve(base, _optional_str(raw, "certs", path) or "certs"),
         upstream=upstream.rstrip("/") if upstream else None,
         store=_store_url(_optional_str(raw, "store", path), base),
         policies=_resolve(base, policies) if policies else None,
-        identity=_identity(raw.get("identity") or {}, base, path),
+        identity=identity,
         roles=_roles(raw.get("roles") or {}, path),
         block_non_aws=non_aws == "block",
         stream_threshold=_positive_int(raw, "stream_threshold", 1024 * 1024, path),
+        mask_patterns=_mask_patterns(raw.get("masking") or {}, path),
+        approvals=_approvals(raw.get("approvals") or {}, identity, base, path),
+        metrics_listen=_metrics_listen(raw.get("metrics"), path),
+        log_format=_log_format(raw.get("log_format", "text"), path),
+        replica_id=_replica_id(raw.get("replica_id"), path),
     )
 
 
@@ -230,3 +280,98 @@ def _roles(raw: Any, path: Path) -> dict[str, RoleConfig]:
             raise ConfigError(f"{path}: roles.{name} takes only profile or assume_role_arn")
         roles[str(name)] = RoleConfig(str(name), item.get("profile"), item.get("assume_role_arn"))
     return roles
+
+
+def _approvals(raw: Any, identity: IdentityConfig, base: Path, path: Path) -> ApprovalsConfig:
+    known = {"wait", "expire", "grant_window", "max_window", "public_url", "webhooks", "oidc"}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise ConfigError(f"{path}: approvals takes only {', '.join(sorted(known))}")
+    wait = raw.get("wait", ApprovalsConfig.wait)
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 < wait <= 3600:
+        raise ConfigError(f"{path}: approvals.wait must be a number of seconds (0-3600]")
+    public_url = _optional_str(raw, "public_url", path)
+    if public_url is not None and not _http_url(public_url):
+        raise ConfigError(f"{path}: approvals.public_url must be an http(s) URL")
+    webhooks = []
+    for index, item in enumerate(raw.get("webhooks") or []):
+        where = f"{path}: approvals.webhooks[{index}]"
+        if not isinstance(item, dict) or not _http_url(item.get("url")):
+            raise ConfigError(f"{where} needs an http(s) url")
+        if item.get("format", "json") not in ("slack", "json"):
+            raise ConfigError(f"{where}.format must be 'slack' or 'json'")
+        webhooks.append(WebhookConfig(item["url"], item.get("format", "json")))
+    return ApprovalsConfig(
+        wait=float(wait),
+        expire=_positive_int(raw, "expire", ApprovalsConfig.expire, path),
+        grant_window=_positive_int(raw, "grant_window", ApprovalsConfig.grant_window, path),
+        max_window=_positive_int(raw, "max_window", ApprovalsConfig.max_window, path),
+        public_url=public_url.rstrip("/") if public_url else None,
+        webhooks=tuple(webhooks),
+        oidc=_web_login(raw.get("oidc"), identity, base, path),
+    )
+
+
+def _web_login(
+    raw: Any, identity: IdentityConfig, base: Path, path: Path
+) -> WebLoginConfig | None:
+    if raw is None:
+        return None
+    where = f"{path}: approvals.oidc"
+    if not isinstance(raw, dict) or not isinstance(raw.get("client_id"), str):
+        raise ConfigError(f"{where} needs a client_id")
+    issuers = [issuer.url for issuer in identity.issuers]
+    issuer = raw.get("issuer") or (issuers[0] if len(issuers) == 1 else None)
+    if not isinstance(issuer, str) or issuer.rstrip("/") not in issuers:
+        raise ConfigError(f"{where}.issuer must be one of identity.issuers")
+    secret_file = _optional_str(raw, "client_secret_file", path)
+    return WebLoginConfig(
+        issuer=issuer.rstrip("/"),
+        client_id=raw["client_id"],
+        client_secret_file=_resolve(base, secret_file) if secret_file else None,
+        scopes=_str_list(raw.get("scopes", ["openid"]), f"{where}.scopes"),
+    )
+
+
+def _http_url(value: Any) -> bool:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _mask_patterns(raw: Any, path: Path) -> tuple[str, ...]:
+    """``masking: {patterns: [regex, ...]}``: extra secret shapes kept out of the record."""
+    if not isinstance(raw, dict) or set(raw) - {"patterns"}:
+        raise ConfigError(f"{path}: masking takes only patterns")
+    patterns = _str_list(raw.get("patterns") or [], f"{path}: masking.patterns")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{path}: masking.patterns: {pattern!r}: {exc}") from exc
+    return patterns
+
+
+def _metrics_listen(raw: Any, path: Path) -> tuple[str, int] | None:
+    """``metrics: {listen: HOST:PORT}``: where Prometheus scrapes; absent means no endpoint."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"listen"} or not isinstance(raw["listen"], str):
+        raise ConfigError(f"{path}: metrics takes only listen: HOST:PORT")
+    host, sep, port = raw["listen"].rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{path}: metrics.listen must be HOST:PORT, got {raw['listen']!r}")
+    return host, int(port)
+
+
+def _log_format(raw: Any, path: Path) -> str:
+    if raw not in ("text", "json"):
+        raise ConfigError(f"{path}: log_format must be 'text' or 'json', got {raw!r}")
+    return raw
+
+
+def _replica_id(raw: Any, path: Path) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", raw):
+        raise ConfigError(f"{path}: replica_id must be 1-64 letters, digits, '.', '_' or '-'")
+    return raw

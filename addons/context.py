@@ -92,7 +92,15 @@ class GateContext:
     refusal: Refusal | None = None
     signed: bool = False
     recorded: bool = False  # the request part is in the store
-    masked: list[str] = field(default_factory=list)
+    masked: list[str] = field(default_factory=list)  # "part path by rule (scope)", no values
+    # The policy's masks (addons.rules.Mask) that apply to this call, set by the policy addon.
+    masks: list[Any] = field(default_factory=list)
+    # What the record keeps instead of the wire, set by the masking addon: the
+    # request body and parameters and the response body with every masked
+    # value replaced (None: no body to keep; streamed, unparsable or absent).
+    record_request_body: bytes | None = None
+    record_params: dict[str, Any] = field(default_factory=dict)
+    record_response_body: bytes | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -26,6 +26,8 @@ import boto3
 import yaml
 from botocore.config import Config
 
+from addons.settings import READY
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REGION = "us-east-1"
@@ -238,6 +240,17 @@ class Gateway:
         )
         if wait:
             wait_for_port(self.port, self.process)
+            self.wait_until_ready()
+
+    def wait_until_ready(self, timeout: float = 60) -> None:
+        """Wait for the gateway's ready line: under ``mitmdump -s`` the port opens first."""
+        deadline = time.monotonic() + timeout
+        while READY not in self.log_text():
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway was not ready after {timeout}s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -261,7 +274,11 @@ def agent_env(
     proxy = gateway.proxy_url
     if proxy_token is not None:
         proxy = f"http://awsgate:{proxy_token}@127.0.0.1:{gateway.port}"
-    env = base_env(HTTPS_PROXY=proxy, AWS_CA_BUNDLE=str(gateway.ca_bundle), **extra)
+    # A HOME of its own: the AWS CLI caches minted credentials under ~/.aws/cli/cache.
+    home = gateway.workdir / "agent-home"
+    home.mkdir(exist_ok=True)
+    env = base_env(HOME=str(home), HTTPS_PROXY=proxy, AWS_CA_BUNDLE=str(gateway.ca_bundle))
+    env.update(extra)
     if token_file is not None:
         env.update(
             AWS_ROLE_ARN=f"arn:aws:iam::{ACCOUNT}:role/agent",

@@ -2,8 +2,9 @@
 
 Request path: scope (is this AWS traffic?), identity (who?), operation (what?),
 policy (may they?), approval (held for a human?), signing (re-sign with
-gateway credentials, route upstream), recording (commit the request part
-before it leaves), and a last guard that refuses anything left unsigned.
+gateway credentials, route upstream), masking (the record's masked copy of
+the request), recording (commit the request part before it leaves), and a
+last guard that refuses anything left unsigned.
 Response path: masking, then recording. The addons share nothing but the
 typed context at ``flow.metadata["awsgate"]``.
 """
@@ -13,6 +14,9 @@ from __future__ import annotations
 from addons.approval import Approval
 from addons.hooks import ForwardGuard
 from addons.identity import Identity
+from addons.logjson import JsonLogs
+from addons.masking import Masking
+from addons.metrics import Metrics
 from addons.operation import OperationResolver
 from addons.policy import Policy
 from addons.recording import Recording
@@ -22,12 +26,15 @@ from addons.signing import Signing
 
 addons = [
     Settings(),
+    JsonLogs(),  # first flow hook: log lines of later addons carry the call's ids
     Scope(),
     Identity(),
     OperationResolver(),
     Policy(),
+    Metrics(),  # sees review decisions before approval holds the call
     Approval(),
     Signing(),
+    Masking(),  # before recording: the record keeps its masked copies
     Recording(),
     ForwardGuard(),
 ]

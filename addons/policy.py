@@ -9,7 +9,6 @@ policy at start stops the gateway with the file, line and problem.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Set
 
@@ -50,29 +49,35 @@ class Policy(RequestStage):
             ) from exc
 
     def running(self) -> None:
-        self._reloader = asyncio.get_running_loop().create_task(self._reload_forever())
+        if self._reloader is None:
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_forever())
 
-    async def done(self) -> None:
+    def done(self) -> None:
+        # Synchronous: mitmproxy calls ``done`` from sync code when it unloads a
+        # script, and an async hook there would abort the unload.
         if self._reloader is not None:
             self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+            self._reloader = None
 
     async def _reload_forever(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            self.reload()
+            # Checking globs against botocore's catalogue can take a large
+            # fraction of a second: never on the event loop, which serves every agent.
+            await asyncio.to_thread(self.reload)
 
     def reload(self) -> None:
-        if self.watcher is None:
+        """Pick up changed files; a broken edit keeps the last good policy, loudly."""
+        watcher = self.watcher
+        if watcher is None:
             return
         try:
-            result = self.watcher.reload_if_changed()
+            result = watcher.reload_if_changed()
         except Exception as exc:  # a reload must never stop the reloader
             logger.error("awsgate: policy reload failed (%s); the last good policy stays", exc)
             return
         if result.status == "reloaded":
-            logger.warning("awsgate: policy reloaded from %s", self.watcher.path)
+            logger.warning("awsgate: policy reloaded from %s", watcher.path)
         elif result.status == "failed":
             logger.error(
                 "awsgate: POLICY NOT RELOADED, the last good policy stays in force:\n%s",
@@ -82,7 +87,9 @@ class Policy(RequestStage):
     async def handle(self, flow: http.HTTPFlow, gate: GateContext) -> None:
         assert self.watcher is not None and gate.principal is not None
         assert gate.operation is not None
-        decision = rules.evaluate(self.watcher.current(), gate.principal, gate.operation)
+        policy = self.watcher.current()
+        decision = rules.evaluate(policy, gate.principal, gate.operation)
         gate.decision = decision
+        gate.masks = rules.masks_for(policy, gate.principal, gate.operation)
         if decision.effect == "deny":
             deny(flow, decision.message)

@@ -7,14 +7,19 @@ resolve when an ``upstream`` stands in for AWS).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Set
 
 from mitmproxy import ctx, exceptions
 
 from addons import config
 from addons.config import GatewayConfig
+from addons.store import db
 
 OPTION = "awsgate_config"
+READY = "awsgate: gateway ready"
+
+logger = logging.getLogger("awsgate")
 
 
 def reloaded(updated: Set[str]) -> GatewayConfig | None:
@@ -46,6 +51,11 @@ class Settings:
         gateway_config = reloaded(updated)
         if gateway_config is None:
             return
+        try:
+            # Once, first in the chain: every later addon finds the store at its schema.
+            db.migrate(gateway_config.store)
+        except db.StoreUnavailable as exc:
+            raise exceptions.OptionsError(f"awsgate: store: {exc}") from exc
         gateway_config.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
         wanted = {"confdir": str(gateway_config.certs), "connection_strategy": "lazy"}
         changes = {
@@ -53,3 +63,8 @@ class Settings:
         }
         if changes:
             ctx.options.update(**changes)
+
+    def running(self) -> None:
+        # Under `mitmdump -s` the proxy listens before the script has loaded: callers
+        # (and the tests) wait for this line, not for the port.
+        logger.warning(READY)

@@ -99,7 +99,7 @@ class Signing(RequestStage):
             operation.signing_name,
             now,
         )
-        request.headers.update(signed)
+        sigv4.set_headers(request.headers, signed)
         if payload_hash in chunked.CHUNK_SIGNED_MODES:
             # Each chunk carries a signature chained from the seed: re-sign them as they stream.
             request.stream = chunked.chunk_resigner(
@@ -109,7 +109,8 @@ class Signing(RequestStage):
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
-        resigner = flow.request.stream
+        stream = flow.request.stream
+        resigner = getattr(stream, "inner", stream)  # the recording addon may wrap it
         if isinstance(resigner, chunked.ChunkResigner) and not resigner.complete:
             # Its bytes have left: from the bad chunk on they went as the agent sent them,
             # outside the gateway's signature chain, so AWS refuses the upload.

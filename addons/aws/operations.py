@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 import botocore.model
 import cbor2
 
-from addons.aws import arns, endpoints, models
+from addons.aws import arns, endpoints, models, sigv4
 from addons.context import Operation
 
 # Bodies larger than this are not parsed for parameters (the operation is
@@ -111,7 +111,15 @@ def resolve(
 
 
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {key.lower(): value for key, value in headers.items()}
+    """Lower-cased names, repeated fields joined with ", " as a multi-dict's ``get`` does.
+
+    Read in one pass over the fields: looking each name up in mitmproxy's
+    headers is a scan of all of them (a third of a small call's resolution).
+    """
+    merged: dict[str, str] = {}
+    for name, value in sigv4.header_pairs(headers):
+        merged[name] = f"{merged[name]}, {value}" if name in merged else value
+    return merged
 
 
 # --- candidate services --------------------------------------------------------------

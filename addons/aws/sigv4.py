@@ -482,14 +482,42 @@ def strip_auth(headers: MutableMapping[str, str] | list[tuple[str, str]], query:
     if isinstance(headers, list):
         headers[:] = [(name, value) for name, value in headers if name.lower() not in AUTH_HEADERS]
     else:
-        for name in [name for name in headers if name.lower() in AUTH_HEADERS]:
-            if name in headers:
-                del headers[name]
+        _drop_fields(headers, AUTH_HEADERS)
     return "&".join(
         f"{name}={value}" if had_equals else name
         for name, value, had_equals in parse_query(query)
         if name not in PRESIGN_PARAMS
     )
+
+
+def set_headers(headers: MutableMapping[str, str], values: Mapping[str, str]) -> None:
+    """Set ``values`` (say :meth:`Signer.sign`'s result), replacing fields of those names."""
+    fields = getattr(headers, "fields", None)
+    if not isinstance(fields, tuple):
+        headers.update(values)
+        return
+    _drop_fields(headers, frozenset(name.lower() for name in values))
+    headers.fields += tuple(  # type: ignore[attr-defined]
+        (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+        for name, value in values.items()
+    )
+
+
+def _drop_fields(headers: MutableMapping[str, str], names: frozenset[str]) -> None:
+    """Delete every field named in ``names`` (lower case) from a header mapping, in place.
+
+    mitmproxy's headers are rewritten in one pass over their raw fields: deleting
+    or setting by name rescans (and re-encodes) every field each time, which
+    cost a small call more than signing it.
+    """
+    fields = getattr(headers, "fields", None)
+    if isinstance(fields, tuple):
+        raw = {name.encode() for name in names}
+        headers.fields = tuple(item for item in fields if item[0].lower() not in raw)  # type: ignore[attr-defined]
+        return
+    for name in [name for name in headers if name.lower() in names]:
+        if name in headers:
+            del headers[name]
 
 
 def payload_hash(service: str, headers: Headers, body: bytes | None) -> str:

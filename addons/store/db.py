@@ -7,14 +7,13 @@ locked" errors. PostgreSQL is for replicas sharing one store.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_BUSY_TIMEOUT = 5.0
 PG_CONNECT_TIMEOUT = 5
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 class StoreUnavailable(Exception):
@@ -71,8 +73,23 @@ def reason(exc: BaseException) -> str:
     return text[0] if text else type(original).__name__
 
 
+@contextlib.contextmanager
+def quiet_alembic() -> Iterator[None]:
+    """Alembic logs at INFO each plugin it sets up when imported and each step it runs:
+    noise in the gateway's log at every start. Alembic is imported under this too."""
+    alembic_logger = logging.getLogger("alembic")
+    level = alembic_logger.level
+    alembic_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        alembic_logger.setLevel(level)
+
+
 def alembic_config(engine_connection: Any = None) -> Config:
     """An Alembic config pointing into the package: no alembic.ini is needed."""
+    with quiet_alembic():
+        from alembic.config import Config
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if engine_connection is not None:
@@ -84,7 +101,9 @@ def migrate(url: str, revision: str = "head") -> None:
     """Bring the store at ``url`` to ``revision`` (head by default), keeping every record."""
     engine = open_engine(url)
     try:
-        with engine.begin() as connection:
+        with engine.begin() as connection, quiet_alembic():
+            from alembic import command
+
             command.upgrade(alembic_config(connection), revision)
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"cannot migrate the store {describe(url)}: {reason(exc)}") from exc
@@ -128,9 +147,14 @@ def sqlite_path(url: str) -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    with quiet_alembic():
+        from alembic.runtime.migration import MigrationContext
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    config = alembic_config()
+    with quiet_alembic():
+        from alembic.script import ScriptDirectory
+    return ScriptDirectory.from_config(config).get_current_head()

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -159,4 +160,68 @@ chain_checkpoints = Table(
     Column("hash", String(64), nullable=False),
     Column("pruned", Integer, nullable=False),
     Column("updated", UTCDateTime, nullable=False),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created", UTCDateTime, nullable=False),
+    Column("expires", UTCDateTime, nullable=False),
+    # the held call
+    Column("request_id", String(64)),
+    Column("invocation_id", String(128), index=True),
+    Column("fingerprint", String(64), nullable=False, index=True),
+    Column("issuer", Text),
+    Column("subject", Text),
+    Column("session_id", String(128)),
+    Column("groups", JSON),
+    Column("role", Text),
+    Column("service", String(64)),
+    Column("operation", String(128)),
+    Column("action", String(200)),
+    Column("region", String(32)),
+    Column("resources", JSON),
+    Column("parameters", JSON),  # credential-named fields redacted
+    Column("rule", Text),
+    Column("approvers", JSON),
+    # the decision
+    Column("decided_at", UTCDateTime),
+    Column("decided_by", Text),
+    Column("decider_issuer", Text),
+    Column("decided_via", String(16)),
+    Column("reason", Text),
+    Column("grant_until", UTCDateTime),
+    Column("used_at", UTCDateTime),
+    Column("used_by", String(64)),
+    # the held call's connection
+    Column("hold", String(16)),
+    Column("holder", String(200)),
+    Column("hold_until", UTCDateTime),
+    # At most one pending request per call, even when replicas open it at once.
+    Index(
+        "uq_approvals_pending_fingerprint",
+        "fingerprint",
+        unique=True,
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("approval_id", String(40), nullable=False),
+    Column("scope", String(64), nullable=False),
+    Column("issuer", Text),
+    Column("subject", Text),
+    Column("action", String(200)),
+    Column("resources", JSON),
+    Column("created", UTCDateTime, nullable=False),
+    Column("until", UTCDateTime, nullable=False),
+    Column("granted_by", Text),
+    Column("reason", Text),
+    Index(None, "scope"),
 )

@@ -50,7 +50,7 @@ class CallRecord:
     # the request as received, masked, without credentials
     request_headers: HeaderPairs = field(default_factory=list)
     request_body: bytes | None = None  # None when not buffered (streamed)
-    request_body_size: int | None = None  # size of a streamed body, when known
+    request_body_size: int | None = None  # size of a body not given, when known
     user_agent: str | None = None  # defaults to the User-Agent request header
 
     @property
@@ -74,4 +74,8 @@ class CallOutcome:
     masked: list[str] = field(default_factory=list)  # paths of fields masked in the bodies
     response_headers: HeaderPairs = field(default_factory=list)
     response_body: bytes | None = None  # masked; None when streamed
-    response_body_size: int | None = None  # size of a streamed body, when known
+    response_body_size: int | None = None  # size of a body not given, when known
+    response_body_sha256: str | None = None  # of a streamed body, hashed as it passed
+    # A streamed request body is only known once it has passed, after ``begin``.
+    request_body_size: int | None = None
+    request_body_sha256: str | None = None

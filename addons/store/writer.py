@@ -42,7 +42,7 @@ _SESSION_COUNTERS = ("calls", "allowed", "denied", "reviewed", "errors")
 _OUTCOME_COLUMNS = (
     "duration_ms", "status", "upstream_status", "upstream_request_id", "error", "masked",
     "response_headers", "response_body", "response_body_size", "response_body_sha256",
-    "decision", "approval_id",
+    "decision", "approval_id", "request_body_size", "request_body_sha256",
 )  # fmt: skip
 # Set at finish: the writer that finishes a call chains it, whichever one began it.
 _CHAIN_COLUMNS = ("chain_id", "chain_seq", "prev_hash", "record_hash")
@@ -371,7 +371,10 @@ class RecordWriter:
 
     def _outcome_fields(self, outcome: CallOutcome, base: dict[str, Any]) -> dict[str, Any]:
         body = sanitize.body(
-            outcome.response_body, outcome.response_body_size, None, self.body_limit
+            outcome.response_body,
+            outcome.response_body_size,
+            outcome.response_body_sha256,
+            self.body_limit,
         )
         fields = {
             "duration_ms": round(float(outcome.duration) * 1000, 3),
@@ -386,6 +389,10 @@ class RecordWriter:
             "response_body_sha256": body.sha256,
             "decision": outcome.decision or base["decision"],
             "approval_id": outcome.approval_id or base["approval_id"],
+            "request_body_size": _int(outcome.request_body_size)
+            if outcome.request_body_size is not None
+            else base["request_body_size"],
+            "request_body_sha256": outcome.request_body_sha256 or base["request_body_sha256"],
         }
         return _clip_text(fields)
 

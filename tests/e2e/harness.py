@@ -2,6 +2,7 @@
 
 from addons.devstack import (
     ACCOUNT,
+    BIN,
     REGION,
     Gateway,
     Moto,
@@ -17,6 +18,7 @@ from addons.devstack import (
 
 __all__ = [
     "ACCOUNT",
+    "BIN",
     "REGION",
     "Gateway",
     "Moto",

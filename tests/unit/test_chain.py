@@ -17,12 +17,15 @@ def test_chain_order_matches_the_design() -> None:
     names = [type(addon).__name__ for addon in gateway.addons]
     assert names == [
         "Settings",
+        "JsonLogs",
         "Scope",
         "Identity",
         "OperationResolver",
         "Policy",
+        "Metrics",
         "Approval",
         "Signing",
+        "Masking",
         "Recording",
         "ForwardGuard",
     ]

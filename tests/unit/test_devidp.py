@@ -63,7 +63,7 @@ def test_serves_discovery_and_jwks_on_loopback(server: DevIdpServer) -> None:
     assert (key["kty"], key["alg"], key["use"]) == ("RSA", "RS256", "sig")
     assert "d" not in key and "p" not in key  # public halves only
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(server.url + "/authorize", timeout=5)
+        urllib.request.urlopen(server.url + "/no-such-endpoint", timeout=5)
     assert info.value.code == 404
 
 

@@ -218,7 +218,7 @@ def test_migrate_creates_the_head_schema_and_is_idempotent(empty_store_url: str)
     migrate(empty_store_url)
     engine = open_engine(empty_store_url)
     try:
-        assert current_revision(engine) == head_revision() == "0002"
+        assert current_revision(engine) == head_revision() == "0003"
         with engine.connect() as connection:
             context = MigrationContext.configure(connection)
             assert compare_metadata(context, metadata) == []  # models.py matches the migrations
@@ -262,7 +262,7 @@ def test_store_from_revision_1_is_migrated_with_its_records_intact(empty_store_u
 
     engine = open_engine(empty_store_url)
     try:
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
         (stored,) = rows(engine)
         for key, value in old.items():
             assert stored[key] == value, key

@@ -1,0 +1,224 @@
+"""Masking: secret fields hidden from the agent, and kept out of the record.
+
+Response side: the built-in catalogue of secret-bearing AWS fields and the
+policy's ``masks`` are applied to API-shaped responses; ``scope: agent``
+values are replaced in the body the agent receives, ``scope: record`` values
+only in the record's copy. Responses the gateway answered itself (minted
+sessions) reach the agent as they are and are masked for the record only.
+Request side: secrets the agent sends (CreateSecret, PutParameter, ...) are
+masked in the record's copy of the body and parameters. Pattern detectors
+scrub free-text secrets from everything recorded.
+
+The record's copies go to ``GateContext.record_*``: the recording addon
+stores those, never the wire bodies. Output shapes with a streaming payload
+and large responses nobody needs masked are streamed (never loaded).
+
+mitmproxy's own outputs would show what the agent and the upstream
+exchanged, including values masked only for the record, so the gateway
+refuses to start with options that print or save bodies (``flow_detail`` 3
+and above, ``save_stream_file``, ``hardump``, ``proxy_debug``) or under a
+master that keeps flows for display (mitmweb, the console). With headers
+shown (``flow_detail`` 2) the request's credential headers are replaced on
+the flow once the request has left, before mitmproxy's dumper prints it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Set
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from addons import context, settings
+from addons.aws import detectors, models, redact
+from addons.aws.wiredoc import WireError
+from addons.context import GateContext, Operation
+from addons.hooks import fail_closed
+from addons.store import sanitize
+
+logger = logging.getLogger("awsgate")
+
+DEFAULT_STREAM_THRESHOLD = 1024 * 1024
+_OUTPUT_OPTIONS = frozenset({"flow_detail", "save_stream_file", "hardump", "proxy_debug"})
+
+
+def leaky_outputs(options: Any, master: Any) -> list[str]:
+    """mitmproxy outputs that would show bodies or credentials the gateway must not leak."""
+    problems = []
+    if getattr(options, "flow_detail", 0) >= 3:
+        problems.append("flow_detail >= 3 prints bodies (use 2 or less)")
+    if getattr(options, "save_stream_file", None):
+        problems.append("save_stream_file writes whole flows (use `awsgate sessions export`)")
+    if getattr(options, "hardump", None):
+        problems.append("hardump writes whole flows")
+    if getattr(options, "proxy_debug", False):
+        problems.append("proxy_debug logs raw connection data")
+    if master is not None and master.addons.get("view") is not None:
+        problems.append("mitmweb and the mitmproxy console keep whole flows; run mitmdump")
+    return problems
+
+
+def redact_credential_headers(headers: http.Headers) -> None:
+    """Replace credential header values on a flow whose request has already left."""
+    for name in list(headers.keys()):
+        if name.lower() in sanitize.CREDENTIAL_HEADERS:
+            headers[name] = sanitize.REDACTED
+
+
+def wire_protocol(operation: Operation) -> str:
+    return operation.protocol or models.protocol(operation.service)
+
+
+class Masking:
+    def __init__(self) -> None:
+        self.detectors = detectors.Detectors()
+        self.stream_threshold = DEFAULT_STREAM_THRESHOLD
+
+    def configure(self, updated: Set[str]) -> None:
+        if updated & _OUTPUT_OPTIONS or settings.OPTION in updated:
+            problems = leaky_outputs(ctx.options, ctx.master)
+            if problems:
+                raise exceptions.OptionsError(
+                    "awsgate: refusing to start, these mitmproxy outputs would show masked "
+                    "values and credentials: " + "; ".join(problems)
+                )
+        gateway_config = settings.reloaded(updated)
+        if gateway_config is None:
+            return
+        try:
+            self.detectors = detectors.Detectors(gateway_config.mask_patterns)
+        except detectors.PatternError as exc:
+            raise exceptions.OptionsError(f"awsgate: {exc}") from exc
+        self.stream_threshold = gateway_config.stream_threshold
+
+    # -- request: the record's copy ---------------------------------------------
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        gate = context.find(flow)
+        if gate is not None and gate.streamed:
+            self._mask_request(gate, None)
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        gate = context.find(flow)
+        if gate is not None and not gate.streamed:
+            self._mask_request(gate, flow.request.get_content(strict=False))
+
+    def _mask_request(self, gate: GateContext, body: bytes | None) -> None:
+        operation = gate.operation
+        if operation is None:
+            # Not resolved (refused before that): nothing says where its secrets are.
+            gate.record_request_body, gate.record_params = None, {}
+            return
+        result = redact.mask_request(
+            wire_protocol(operation),
+            operation.service,
+            operation.name,
+            body,
+            operation.params,
+            redact.builtin_rules(operation.action, "request") if operation.known else [],
+        )
+        gate.record_request_body = self._scrub(result.record_body)
+        gate.record_params = self.detectors.scrub_value(result.record_params)
+        gate.masked.extend(str(item) for item in result.masked)
+
+    # -- response: the agent's body and the record's copy ------------------------
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        gate = context.find(flow)
+        response = flow.response
+        if gate is None or response is None or not self._forwarded(gate):
+            return  # answered by the gateway: already in memory
+        response.stream = self._should_stream(gate, response)
+
+    def _should_stream(self, gate: GateContext, response: http.Response) -> bool:
+        """Stream streaming payloads and large bodies nobody needs masked; buffer the rest."""
+        operation = gate.operation
+        success = 200 <= response.status_code < 300
+        if (
+            success
+            and operation is not None
+            and operation.known
+            and redact.streams_output(operation.service, operation.name)
+        ):
+            return True
+        if success and self._rules(gate):
+            return False  # API-shaped and carrying secrets: always masked
+        length = response.headers.get("content-length", "")
+        return length.isdigit() and int(length) > self.stream_threshold
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        # The request has left: mitmproxy's dumper (after us) prints these headers.
+        redact_credential_headers(flow.request.headers)
+        gate = context.find(flow)
+        response = flow.response
+        if gate is None or response is None:
+            return
+        if response.stream:
+            gate.record_response_body = None
+            return
+        body = response.get_content(strict=False) or b""
+        masking = self._mask_response(gate, response, body)
+        if masking.agent_body is not None:
+            response.content = masking.agent_body
+        for name, value in masking.header_updates.items():
+            if value is None:
+                response.headers.pop(name, None)
+            else:
+                response.headers[name] = value
+        gate.record_response_body = self._scrub(masking.record_body)
+        gate.masked.extend(str(item) for item in masking.masked)
+
+    def _mask_response(
+        self, gate: GateContext, response: http.Response, body: bytes
+    ) -> redact.ResponseMasking:
+        operation = gate.operation
+        rules = self._rules(gate)
+        if operation is None or not rules:
+            return redact.ResponseMasking(None, {}, body)
+        try:
+            return redact.mask_response(
+                wire_protocol(operation),
+                operation.service,
+                operation.name,
+                response.status_code,
+                response.headers,
+                body,
+                rules,
+            )
+        except WireError:
+            if any(rule.scope == "agent" for rule in rules):
+                raise  # fail closed: the agent gets an error, not the unmasked body
+            logger.warning("awsgate: %s response did not parse; not recorded", operation.action)
+            return redact.ResponseMasking(None, {}, None)
+
+    def _rules(self, gate: GateContext) -> list[redact.FieldRule]:
+        operation = gate.operation
+        if operation is None or not operation.known:
+            return []
+        if not self._forwarded(gate):
+            # Minted by the gateway for this agent: it needs them; the record must not keep them.
+            return redact.builtin_rules(operation.action, "response", scope="record")
+        rules = redact.builtin_rules(operation.action, "response")
+        for mask in gate.masks:
+            rules.extend(redact.FieldRule(path, mask.name, mask.scope) for path in mask.fields)
+        return rules
+
+    @staticmethod
+    def _forwarded(gate: GateContext) -> bool:
+        return gate.signed and gate.refusal is None
+
+    def _scrub(self, body: bytes | None) -> bytes | None:
+        return self.detectors.scrub_bytes(body) if body else body
+
+    # -- what mitmproxy prints on failures ---------------------------------------
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        redact_credential_headers(flow.request.headers)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        redact_credential_headers(flow.request.headers)

@@ -1,0 +1,735 @@
+"""The gateway's cost, measured (run it with ``scripts/bench``).
+
+One run, one machine, one workload, several ways: straight to the upstream,
+through a bare ``mitmdump`` that only routes, and through the full awsgate
+chain (record store on SQLite, and on PostgreSQL when one is available).
+
+The upstream is moto's WSGI app served by waitress (keep-alive, signature
+checking on), so the proxy, not the stand-in AWS, is the bottleneck. The
+workload: concurrent agents (separate processes, boto3) alternating
+sts:GetCallerIdentity and dynamodb:GetItem for a fixed time; then one large S3
+object uploaded (multipart, from a file in /tmp) and downloaded in one
+streamed GET, its SHA-256 checked. The proxy's CPU comes from
+/proc/PID/stat (utime + stime) of that process only, its memory from
+/proc/PID/status (VmHWM, and VmRSS sampled while the large object streams).
+
+Loopback only: every server listens on 127.0.0.1 and nothing reaches AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from addons.devstack import (  # noqa: E402
+    BIN,
+    Gateway,
+    Moto,
+    agent_env,
+    base_env,
+    free_port,
+    stop,
+    wait_for_port,
+)
+
+TABLE = "bench-table"
+BUCKET = "bench-bucket"
+LARGE_KEY = "large/object.bin"
+MIB = 1024 * 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = 64 * 1024  # read/write block of the large object
+
+# The bare proxy: mitmproxy's regular (HTTPS_PROXY) mode, exactly the path agents take
+# through the gateway (CONNECT, TLS interception, HTTP/1.1 keep-alive), plus the one
+# thing the gateway adds that the workload cannot do without: routing AWS host names to
+# the local upstream while keeping the AWS Host header (moto dispatches on it and the
+# signature covers it). Reverse mode would skip CONNECT and certificate generation and
+# change the Host header; upstream mode expects another proxy. Routing in
+# requestheaders also covers streamed bodies, which leave before the request hook.
+ROUTE_READY = "bench: routing ready"
+ROUTE_SCRIPT = f'''\
+"""Routing only: send every request to the upstream, keeping its Host header."""
+import logging
+import os
+
+HOST, PORT = "127.0.0.1", int(os.environ["BENCH_UPSTREAM_PORT"])
+
+
+def running():
+    # mitmdump listens before its scripts have loaded: say when requests get routed.
+    logging.warning("{ROUTE_READY}")
+
+
+def requestheaders(flow):
+    host_header = flow.request.host_header
+    flow.request.scheme, flow.request.host, flow.request.port = "http", HOST, PORT
+    flow.request.host_header = host_header
+'''
+ROUTE_CHOICE = (
+    "bare mitmdump = regular proxy mode (HTTPS_PROXY, CONNECT, TLS interception, as agents "
+    "use the gateway) + a 4-line requestheaders hook routing to the upstream with the "
+    "AWS Host kept; reverse mode would skip CONNECT/certificates and rewrite Host"
+)
+
+# --breakdown: the full chain with the record store's writes acknowledged but not made,
+# so the table shows how much of the gateway's cost is the store. Measurement only.
+NO_STORE_SCRIPT = '''\
+"""Bench only: acknowledge every record write without writing it (the store's share)."""
+from addons.store import writer
+
+
+def _write(self, ops):
+    for op in ops:
+        op.future.set_result(op.request_id or "")
+
+
+writer.RecordWriter._write = _write
+'''
+
+POLICY = {
+    "rules": [
+        {
+            "name": "bench-agents",
+            "effect": "allow",
+            "principals": ["group:agents"],
+            "actions": ["sts:GetCallerIdentity", "dynamodb:GetItem", "s3:*"],
+        }
+    ]
+}
+
+# -- the upstream: moto's WSGI app under waitress -----------------------------------------
+
+
+def serve_upstream(port: int, threads: int) -> None:
+    """Runs in its own process: moto behind a keep-alive WSGI server."""
+    import waitress
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    waitress.serve(
+        app,
+        host="127.0.0.1",
+        port=port,
+        threads=threads,
+        channel_timeout=120,
+        connection_limit=1000,
+        _quiet=True,
+    )
+
+
+@contextlib.contextmanager
+def upstream(workdir: Path) -> Iterator[Moto]:
+    port = free_port()
+    log = (workdir / "upstream.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, __file__, "_upstream", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=base_env(),
+        cwd=workdir,
+    )
+    try:
+        wait_for_port(port, process)
+        moto = Moto(port, process)
+        moto.enable_auth()
+        yield moto
+    finally:
+        stop(process)
+        log.close()
+
+
+def seed(moto: Moto) -> None:
+    ddb = moto.client("dynamodb")
+    ddb.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.put_item(TableName=TABLE, Item={"pk": {"S": "item-1"}, "value": {"S": "x" * 200}})
+    moto.client("s3").create_bucket(Bucket=BUCKET)
+
+
+# -- measuring a process -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class RssSampler:
+    """The highest VmRSS seen while the block runs (sampled every 20 ms)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError, KeyError):
+                self.peak_kib = max(self.peak_kib, memory_kib(self.pid, "VmRSS"))
+
+    def __enter__(self) -> RssSampler:
+        if self.pid is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self.pid is not None:
+            self._thread.join()
+
+
+# -- the agents ----------------------------------------------------------------------------
+
+
+def agent_main(spec: dict[str, Any]) -> None:
+    """One agent process: warm up, say ready, wait for go, call until the deadline."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+    extra = {"endpoint_url": spec["endpoint_url"]} if spec.get("endpoint_url") else {}
+    session = boto3.Session()
+    sts = session.client("sts", config=config, **extra)
+    ddb = session.client("dynamodb", config=config, **extra)
+    calls = (
+        lambda: sts.get_caller_identity(),
+        lambda: ddb.get_item(TableName=TABLE, Key={"pk": {"S": "item-1"}}),
+    )
+    for call in calls * 2:
+        call()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + spec["duration"]
+    index = 0
+    started = time.time()
+    while time.monotonic() < deadline:
+        begin = time.perf_counter()
+        try:
+            calls[index % 2]()
+        except Exception:
+            errors += 1
+        latencies.append(time.perf_counter() - begin)
+        index += 1
+    print(
+        json.dumps(
+            {"latencies": latencies, "errors": errors, "start": started, "end": time.time()}
+        ),
+        flush=True,
+    )
+
+
+def large_main(spec: dict[str, Any]) -> None:
+    """Upload a large file (multipart, as ``aws s3 cp`` does), download it in one GET."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+    extra = {"endpoint_url": spec["endpoint_url"]} if spec.get("endpoint_url") else {}
+    s3 = boto3.Session().client("s3", config=config, **extra)
+    path = spec["file"]
+    began = time.perf_counter()
+    s3.upload_file(path, BUCKET, LARGE_KEY, Config=TransferConfig(max_concurrency=4))
+    uploaded = time.perf_counter()
+    body = s3.get_object(Bucket=BUCKET, Key=LARGE_KEY)["Body"]
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in body.iter_chunks(PAGE):
+        digest.update(chunk)
+        size += len(chunk)
+    downloaded = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "upload_s": uploaded - began,
+                "download_s": downloaded - uploaded,
+                "sha256": digest.hexdigest(),
+                "size": size,
+            }
+        ),
+        flush=True,
+    )
+
+
+def write_large_file(path: Path, size: int) -> str:
+    """Pseudo-random bytes written block by block (never all in memory); their SHA-256."""
+    digest = hashlib.sha256()
+    block = os.urandom(MIB)
+    with path.open("wb") as out:
+        for index in range(size // MIB):
+            # A fresh block prefix per MiB, so no two MiB are alike (no dedup, no compression).
+            chunk = index.to_bytes(8, "big") + block[8:]
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def spawn(role: str, spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, role, json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+# -- one way of reaching the upstream ------------------------------------------------------
+
+
+@dataclass
+class Way:
+    name: str
+    env: dict[str, str]  # the agents' environment
+    endpoint_url: str | None = None
+    pid: int | None = None  # the proxy process measured, if any
+
+
+@dataclass
+class Figures:
+    name: str
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    cpu_ms_per_request: float | None = None
+    idle_cpu_ms_per_s: float | None = None
+    peak_rss_mib: float | None = None
+    large_rss_mib: float | None = None
+    large_upload_mib_s: float | None = None
+    large_download_mib_s: float | None = None
+    large_ok: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_small(way: Way, agents: int, duration: float) -> Figures:
+    spec = {"duration": duration, "endpoint_url": way.endpoint_url}
+    processes = [spawn("_agent", spec, way.env) for _ in range(agents)]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"{way.name}: an agent failed to warm up (see stderr)")
+        cpu_before = cpu_seconds(way.pid) if way.pid else None
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = [
+            json.loads(process.communicate(timeout=duration + 60)[0]) for process in processes
+        ]
+        cpu_after = cpu_seconds(way.pid) if way.pid else None
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    latencies = sorted(value for result in results for value in result["latencies"])
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    figures = Figures(
+        name=way.name,
+        requests=len(latencies),
+        errors=sum(r["errors"] for r in results),
+        seconds=seconds,
+        rps=len(latencies) / seconds,
+        p50_ms=1000 * statistics.median(latencies),
+        p99_ms=1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    )
+    if cpu_before is not None and cpu_after is not None:
+        figures.cpu_ms_per_request = 1000 * (cpu_after - cpu_before) / len(latencies)
+    return figures
+
+
+def run_large(way: Way, figures: Figures, path: Path, sha256: str) -> None:
+    spec = {"file": str(path), "endpoint_url": way.endpoint_url}
+    with RssSampler(way.pid) as sampler:
+        process = spawn("_large", spec, way.env)
+        out, _ = process.communicate(timeout=600)
+    if process.returncode != 0:
+        figures.large_ok = False
+        figures.notes.append("large object transfer failed")
+        return
+    result = json.loads(out)
+    size_mib = path.stat().st_size / MIB
+    figures.large_ok = result["sha256"] == sha256 and result["size"] == path.stat().st_size
+    figures.large_upload_mib_s = size_mib / result["upload_s"]
+    figures.large_download_mib_s = size_mib / result["download_s"]
+    if way.pid is not None:
+        figures.large_rss_mib = sampler.peak_kib / 1024
+
+
+IDLE_SECONDS = 2.0
+
+
+def measure(way: Way, args: argparse.Namespace, large: tuple[Path, str] | None) -> Figures:
+    idle = None
+    if way.pid is not None:
+        # What the proxy spends with no traffic (the gateway's pollers): the per-request
+        # figure includes it, which weighs more the fewer requests a second there are.
+        before = cpu_seconds(way.pid)
+        time.sleep(IDLE_SECONDS)
+        idle = 1000 * (cpu_seconds(way.pid) - before) / IDLE_SECONDS
+    figures = run_small(way, args.agents, args.duration)
+    figures.idle_cpu_ms_per_s = idle
+    if large is not None:
+        run_large(way, figures, *large)
+    if way.pid is not None:
+        figures.peak_rss_mib = memory_kib(way.pid, "VmHWM") / 1024
+    return figures
+
+
+# -- the proxies ---------------------------------------------------------------------------
+
+
+def wait_for_line(
+    log: Path, line: str, process: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log} never said {line!r}")
+        time.sleep(0.05)
+
+
+def proxy_env(port: int, ca_bundle: Path, **extra: str) -> dict[str, str]:
+    return base_env(HTTPS_PROXY=f"http://127.0.0.1:{port}", AWS_CA_BUNDLE=str(ca_bundle), **extra)
+
+
+@contextlib.contextmanager
+def bare_mitmdump(workdir: Path, moto: Moto, certs: Path) -> Iterator[Way]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    script = workdir / "route.py"
+    script.write_text(ROUTE_SCRIPT)
+    port = free_port()
+    log = (workdir / "mitmdump.log").open("wb")
+    options = {
+        "flow_detail": "0",
+        "confdir": str(certs),
+        "connection_strategy": "lazy",  # AWS names do not resolve here
+        "stream_large_bodies": "1m",  # as the gateway's stream_threshold
+    }
+    command = [str(BIN / "mitmdump"), "-s", str(script)]
+    command += ["--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    for name, value in options.items():
+        command += ["--set", f"{name}={value}"]
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=base_env(BENCH_UPSTREAM_PORT=str(moto.port)),
+        cwd=workdir,
+    )
+    try:
+        wait_for_port(port, process)
+        wait_for_line(workdir / "mitmdump.log", ROUTE_READY, process)
+        env = proxy_env(
+            port,
+            certs / "mitmproxy-ca-cert.pem",
+            AWS_ACCESS_KEY_ID=moto.access_key,
+            AWS_SECRET_ACCESS_KEY=moto.secret_key,
+        )
+        yield Way("bare mitmdump", env, pid=process.pid)
+    finally:
+        stop(process)
+        log.close()
+
+
+@contextlib.contextmanager
+def full_gateway(
+    name: str,
+    workdir: Path,
+    moto: Moto,
+    idp_url: str,
+    token_file: Path,
+    store: str,
+    without_store_writes: bool = False,
+) -> Iterator[Way]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    before: tuple[str, ...] = ()
+    if without_store_writes:
+        (workdir / "no_store.py").write_text(NO_STORE_SCRIPT)
+        before = (str(workdir / "no_store.py"),)
+    gateway = Gateway.configure(
+        workdir,
+        moto,
+        {
+            "certs": str(workdir.parent / "certs"),
+            "store": store,
+            "policies": "policy.yaml",
+            "identity": {
+                "issuers": [{"url": idp_url, "audience": "awsgate", "groups_claim": "groups"}]
+            },
+        },
+    )
+    gateway.start(moto, extra_args=("--set", "flow_detail=0"), scripts_before=before)
+    try:
+        assert gateway.process is not None
+        yield Way(name, agent_env(gateway, token_file=token_file), pid=gateway.process.pid)
+    finally:
+        gateway.stop()
+
+
+@contextlib.contextmanager
+def postgres_store(base_url: str) -> Iterator[str]:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from addons.store.db import open_engine
+
+    name = f"awsgate_bench_{uuid.uuid4().hex[:8]}"
+    admin = open_engine(base_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_ca(certs: Path) -> None:
+    """One CA for every proxy of the run, so the agents' CA bundle is the same file."""
+    from mitmproxy import certs as mitm_certs
+
+    certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mitm_certs.CertStore.from_store(certs, "mitmproxy", 2048)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"nproc": os.cpu_count(), "cpu": model, "memory_gib": round(mem_kib / MIB, 1)}
+
+
+def ratios(rows: list[Figures]) -> dict[str, dict[str, float]]:
+    bare = next((row for row in rows if row.name == "bare mitmdump"), None)
+    if bare is None:
+        return {}
+    out = {}
+    for row in rows:
+        if not row.name.startswith("awsgate"):
+            continue
+        pairs = {
+            "cpu_ms_per_request": (row.cpu_ms_per_request, bare.cpu_ms_per_request),
+            "rps": (row.rps, bare.rps),
+            "p50_ms": (row.p50_ms, bare.p50_ms),
+            "p99_ms": (row.p99_ms, bare.p99_ms),
+            "peak_rss_mib": (row.peak_rss_mib, bare.peak_rss_mib),
+            "large_rss_mib": (row.large_rss_mib, bare.large_rss_mib),
+        }
+        out[row.name] = {
+            key: round(mine / theirs, 3) for key, (mine, theirs) in pairs.items() if mine and theirs
+        }
+    return out
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB")
+    w = report["workload"]
+    print(
+        f"workload: {w['agents']} agents x {w['duration_s']:.0f} s of sts:GetCallerIdentity + "
+        f"dynamodb:GetItem (keep-alive); then one {w['large_mib']} MiB S3 object up "
+        f"(multipart) and down (one GET)"
+    )
+    print(f"note: {ROUTE_CHOICE}")
+    header = (
+        f"{'way':<26}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms/req':>11}{'idle ms/s':>10}"
+        f"{'peak RSS':>10}{'RSS large':>10}{'up MiB/s':>9}{'down MiB/s':>11}{'errors':>7}"
+    )
+    print(
+        "CPU ms/req: the proxy process only, all its threads (/proc/PID/stat), agents' calls "
+        "divided in; idle ms/s: its CPU with no traffic; RSS in MiB (peak: VmHWM; large: "
+        "highest VmRSS while the large object streams)"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in report["rows"]:
+        large_ok = "" if row["large_ok"] in (None, True) else "  LARGE OBJECT MISMATCH"
+        print(
+            f"{row['name']:<26}{fmt(row['rps'], 0):>8}{fmt(row['p50_ms'], 2):>8}"
+            f"{fmt(row['p99_ms'], 2):>8}{fmt(row['cpu_ms_per_request'], 2):>11}"
+            f"{fmt(row['idle_cpu_ms_per_s'], 1):>10}"
+            f"{fmt(row['peak_rss_mib'], 0):>10}{fmt(row['large_rss_mib'], 0):>10}"
+            f"{fmt(row['large_upload_mib_s'], 0):>9}{fmt(row['large_download_mib_s'], 0):>11}"
+            f"{row['errors']:>7}{large_ok}"
+        )
+    for name, values in report["ratios"].items():
+        text = ", ".join(f"{key} x{value:.2f}" for key, value in values.items())
+        print(f"{name} / bare mitmdump: {text}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> list[Figures]:
+    """Every way in turn against one upstream, one issuer and one large file."""
+    from addons.auth.devidp import DevIdp
+
+    rows: list[Figures] = []
+    large = None
+    if args.large_mib:
+        path = workdir / "large.bin"
+        large = (path, write_large_file(path, args.large_mib * MIB))
+    certs = workdir / "certs"
+    make_ca(certs)
+    with upstream(workdir) as moto:
+        seed(moto)
+        dev_idp = DevIdp(workdir / "idp-keys")
+        idp = dev_idp.serve("127.0.0.1", 0)
+        token_file = workdir / "agent.token"
+        token_file.write_text(dev_idp.token("bench-agent", groups=["agents"], aud="awsgate"))
+        gateway_args = (moto, idp.url, token_file)
+        try:
+            keys = {"AWS_ACCESS_KEY_ID": moto.access_key, "AWS_SECRET_ACCESS_KEY": moto.secret_key}
+            rows.append(
+                measure(Way("direct", base_env(**keys), endpoint_url=moto.url), args, large)
+            )
+            with bare_mitmdump(workdir / "bare", moto, certs) as way:
+                rows.append(measure(way, args, large))
+            sqlite = "sqlite:///awsgate.sqlite"
+            with full_gateway("awsgate (SQLite)", workdir / "full", *gateway_args, sqlite) as way:
+                rows.append(measure(way, args, large))
+            if args.breakdown:
+                name = "awsgate, no store writes"
+                with full_gateway(name, workdir / "nostore", *gateway_args, sqlite, True) as way:
+                    rows.append(measure(way, args, None))
+                notes.append(
+                    f"'{name}': record writes acknowledged but not made (small calls only)"
+                )
+            pg_url = os.environ.get("AWSGATE_TEST_PG_URL")
+            if args.no_postgres:
+                notes.append("PostgreSQL row skipped (--no-postgres)")
+            elif not pg_url:
+                notes.append(
+                    "PostgreSQL row skipped: no server (scripts/bench starts one when "
+                    "PostgreSQL is installed or installable as root)"
+                )
+            else:
+                with (
+                    postgres_store(pg_url) as store,
+                    full_gateway(
+                        "awsgate (PostgreSQL)", workdir / "full-pg", *gateway_args, store
+                    ) as way,
+                ):
+                    rows.append(measure(way, args, large))
+        finally:
+            idp.stop()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--agents", type=int, default=8, help="concurrent agents (default 8)")
+    parser.add_argument(
+        "--duration", type=float, default=10, help="seconds of small calls per way (default 10)"
+    )
+    parser.add_argument(
+        "--large-mib", type=int, default=1024, help="size of the large S3 object (0 to skip)"
+    )
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="skip the row with PostgreSQL as the store"
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="add a row: the full chain with record writes acknowledged but not made",
+    )
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="awsgate-bench-", dir="/tmp"))
+    started = time.monotonic()
+    notes: list[str] = []
+    try:
+        rows = measure_all(args, workdir, notes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = {
+        "machine": machine(),
+        "workload": {
+            "agents": args.agents,
+            "duration_s": args.duration,
+            "large_mib": args.large_mib,
+            "calls": ["sts:GetCallerIdentity", "dynamodb:GetItem"],
+        },
+        "bare_mitmdump": ROUTE_CHOICE,
+        "rows": [asdict(row) for row in rows],
+        "ratios": ratios(rows),
+        "notes": notes,
+        "total_s": round(time.monotonic() - started, 1),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+        print(f"total: {report['total_s']} s")
+    return 0 if all(row.large_ok in (None, True) for row in rows) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_upstream":
+        serve_upstream(int(sys.argv[2]), threads=8)
+    elif len(sys.argv) > 1 and sys.argv[1] == "_agent":
+        agent_main(json.loads(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_large":
+        large_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit(main())
