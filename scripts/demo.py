@@ -9,9 +9,11 @@ HTTPS_PROXY, its CA bundle and a web identity token file.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from addons.auth.devidp import DevIdp
@@ -47,6 +49,7 @@ def main() -> int:
         config = {
             "certs": str(ROOT / "certs"),
             "policies": str(ROOT / "policies" / "default.yaml"),
+            "approvals": {"wait": 20},
             "identity": {
                 "issuers": [{"url": idp.url, "audience": "awsgate", "groups_claim": "groups"}]
             },
@@ -105,14 +108,14 @@ def run_agent(moto: Moto, gateway: Gateway) -> None:
     )
     step(env, "ec2 describe-instances", "ec2", "describe-instances")
     step(env, "s3 rb s3://prod-logs (rule no-prod-bucket-deletes)", "s3", "rb", "s3://prod-logs")
-    step(
-        env,
-        "secretsmanager delete-secret demo-db (rule secret-deletes-need-review)",
-        "secretsmanager",
-        "delete-secret",
-        "--secret-id",
-        "demo-db",
+    title = "secretsmanager delete-secret demo-db (rule secret-deletes-need-review: held)"
+    held = threading.Thread(
+        target=step,
+        args=(env, title, "secretsmanager", "delete-secret", "--secret-id", "demo-db"),
     )
+    held.start()
+    approve_when_pending(gateway)
+    held.join()
     step(
         env,
         "iam create-access-key (credential minting, built-in deny)",
@@ -130,6 +133,50 @@ def run_agent(moto: Moto, gateway: Gateway) -> None:
     step(anonymous, "an agent with a long-lived key and no OIDC identity: s3 ls", "s3", "ls")
     buckets = [b["Name"] for b in moto.client("s3").list_buckets()["Buckets"]]
     say(f"\nmoto's own view: buckets {buckets} (prod-logs is still there)")
+
+
+def approve_when_pending(gateway: Gateway) -> None:
+    """An SRE approves the held call with her own OIDC token, as `awsgate approvals` does."""
+    token_file = WORKDIR / "sre.token"
+    token_file.write_text(
+        DevIdp(WORKDIR / "idp-keys").token("sre-alice", groups=["sre"], aud="awsgate")
+    )
+    awsgate = [str(BIN / "awsgate"), "approvals"]
+    config = ["--config", str(gateway.config_path)]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            [*awsgate, "list", "--status", "pending", "--json", *config],
+            capture_output=True,
+            text=True,
+            env=base_env(),
+            timeout=60,
+        )
+        pending = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+        if pending:
+            say(
+                f"  {DIM}held: approval {pending[0]['id']} for {pending[0]['action']}; "
+                f"sre-alice approves it with her own token{RESET}"
+            )
+            subprocess.run(
+                [
+                    *awsgate,
+                    "approve",
+                    pending[0]["id"],
+                    "--reason",
+                    "planned cleanup",
+                    "--token-file",
+                    str(token_file),
+                    *config,
+                ],
+                capture_output=True,
+                text=True,
+                env=base_env(),
+                timeout=60,
+                check=True,
+            )
+            return
+        time.sleep(0.5)
 
 
 def show_records(gateway: Gateway) -> None:
