@@ -107,6 +107,22 @@ class GateContext:
     def refused(self) -> bool:
         return self.refusal is not None
 
+    @property
+    def outcome(self) -> str:
+        """allow, deny, review, refused-identity or error: the call's outcome as the
+        record, the metrics and the logs name it."""
+        if self.refusal is not None:
+            return self.refusal.kind
+        if self.decision is not None:
+            return self.decision.effect
+        return "allow" if self.principal is not None else "error"
+
+    @property
+    def store_failed(self) -> bool:
+        """Refused because the store could not be read or written (a 503)."""
+        refusal = self.refusal
+        return refusal is not None and refusal.kind == "error" and refusal.status == 503
+
 
 def get(flow: Any) -> GateContext:
     """The flow's context, created on first use."""

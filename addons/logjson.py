@@ -26,7 +26,6 @@ from mitmproxy import http
 from addons import context, settings
 from addons.context import GateContext
 from addons.hooks import fail_closed
-from addons.outcome import decision_label
 
 LOGGER = "awsgate"
 # The flow, not its context: Scope creates the context after this addon's requestheaders.
@@ -153,7 +152,7 @@ def access_fields(flow: http.HTTPFlow, gate: GateContext) -> dict[str, Any]:
         "subject": principal.subject if principal else None,
         "action": operation.action if operation else None,
         "region": operation.region if operation else None,
-        "decision": decision_label(gate),
+        "decision": gate.outcome,
         "rule": decision.rule if decision else None,
         "refusal": gate.refusal.code if gate.refusal else None,
         "approval_id": gate.approval_id,

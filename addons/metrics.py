@@ -27,7 +27,6 @@ from prometheus_client.exposition import start_http_server
 from addons import context, settings
 from addons.context import GateContext
 from addons.hooks import fail_closed
-from addons.outcome import decision_label, is_store_error
 
 logger = logging.getLogger("awsgate")
 
@@ -87,9 +86,9 @@ class GatewayMetrics:
 
     def finished(self, gate: GateContext, seconds: float) -> None:
         self._under_review.pop(id(gate), None)
-        self.requests.labels(replica=self.replica, decision=decision_label(gate)).inc()
+        self.requests.labels(replica=self.replica, decision=gate.outcome).inc()
         self.latency.observe(max(0.0, seconds))
-        if is_store_error(gate):
+        if gate.store_failed:
             self.store_errors.inc()
 
 

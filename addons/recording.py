@@ -87,14 +87,6 @@ def streamed_digest(message: http.Message | None) -> BodyDigest | None:
     return stream if isinstance(stream, BodyDigest) else None
 
 
-def decision_label(gate: GateContext) -> str:
-    if gate.refusal is not None:
-        return gate.refusal.kind
-    if gate.decision is not None:
-        return gate.decision.effect
-    return "allow" if gate.principal is not None else "error"
-
-
 def agent_url(flow: http.HTTPFlow) -> str:
     """The URL as the agent addressed it: AWS's name, even once routed to an upstream."""
     request = flow.request
@@ -134,7 +126,7 @@ def call_record(flow: http.HTTPFlow, gate: GateContext) -> CallRecord:
     return CallRecord(
         request_id=gate.request_id,
         time=gate.started,
-        decision=decision_label(gate),
+        decision=gate.outcome,
         method=request.method,
         url=agent_url(flow),
         http_version=request.http_version,
@@ -174,7 +166,7 @@ def call_outcome(flow: http.HTTPFlow, gate: GateContext, error: str | None = Non
         status=response.status_code if response else None,
         upstream_status=response.status_code if forwarded and response else None,
         upstream_request_id=_request_id(response.headers) if forwarded and response else None,
-        decision=decision_label(gate),
+        decision=gate.outcome,
         approval_id=gate.approval_id,
         error=error,
         masked=list(gate.masked),
