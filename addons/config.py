@@ -311,9 +311,7 @@ def _approvals(raw: Any, identity: IdentityConfig, base: Path, path: Path) -> Ap
     )
 
 
-def _web_login(
-    raw: Any, identity: IdentityConfig, base: Path, path: Path
-) -> WebLoginConfig | None:
+def _web_login(raw: Any, identity: IdentityConfig, base: Path, path: Path) -> WebLoginConfig | None:
     if raw is None:
         return None
     where = f"{path}: approvals.oidc"

@@ -216,43 +216,45 @@ class RssSampler:
 # -- the agents ----------------------------------------------------------------------------
 
 
-def agent_main(spec: dict[str, Any]) -> None:
-    """One agent process: warm up, say ready, wait for go, call until the deadline."""
+def agent_main() -> None:
+    """One agent process, kept for every way: each round comes as one JSON line on stdin.
+
+    A round: take the way's environment (proxy, CA bundle, identity), warm up,
+    say ready, wait for go, call until the deadline, print the latencies.
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
-    extra = {"endpoint_url": spec["endpoint_url"]} if spec.get("endpoint_url") else {}
-    session = boto3.Session()
-    sts = session.client("sts", config=config, **extra)
-    ddb = session.client("dynamodb", config=config, **extra)
-    calls = (
-        lambda: sts.get_caller_identity(),
-        lambda: ddb.get_item(TableName=TABLE, Key={"pk": {"S": "item-1"}}),
-    )
-    for call in calls * 2:
-        call()
-    print("ready", flush=True)
-    sys.stdin.readline()
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + spec["duration"]
-    index = 0
-    started = time.time()
-    while time.monotonic() < deadline:
-        begin = time.perf_counter()
-        try:
-            calls[index % 2]()
-        except Exception:
-            errors += 1
-        latencies.append(time.perf_counter() - begin)
-        index += 1
-    print(
-        json.dumps(
-            {"latencies": latencies, "errors": errors, "start": started, "end": time.time()}
-        ),
-        flush=True,
-    )
+    for line in sys.stdin:
+        spec = json.loads(line)
+        os.environ.clear()
+        os.environ.update(spec["env"])
+        extra = {"endpoint_url": spec["endpoint_url"]} if spec.get("endpoint_url") else {}
+        session = boto3.Session()
+        sts = session.client("sts", config=config, **extra)
+        ddb = session.client("dynamodb", config=config, **extra)
+        calls = (
+            lambda sts=sts: sts.get_caller_identity(),
+            lambda ddb=ddb: ddb.get_item(TableName=TABLE, Key={"pk": {"S": "item-1"}}),
+        )
+        for call in calls * 2:
+            call()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        latencies: list[float] = []
+        errors = 0
+        started = time.time()
+        deadline = time.monotonic() + spec["duration"]
+        while time.monotonic() < deadline:
+            begin = time.perf_counter()
+            try:
+                calls[len(latencies) % 2]()
+            except Exception:
+                errors += 1
+            latencies.append(time.perf_counter() - begin)
+        result = {"latencies": latencies, "errors": errors, "start": started, "end": time.time()}
+        print(json.dumps(result), flush=True)
 
 
 def large_main(spec: dict[str, Any]) -> None:
@@ -342,28 +344,41 @@ class Figures:
     notes: list[str] = field(default_factory=list)
 
 
-def run_small(way: Way, agents: int, duration: float) -> Figures:
-    spec = {"duration": duration, "endpoint_url": way.endpoint_url}
-    processes = [spawn("_agent", spec, way.env) for _ in range(agents)]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            line = process.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"{way.name}: an agent failed to warm up (see stderr)")
-        cpu_before = cpu_seconds(way.pid) if way.pid else None
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        results = [
-            json.loads(process.communicate(timeout=duration + 60)[0]) for process in processes
-        ]
-        cpu_after = cpu_seconds(way.pid) if way.pid else None
-    finally:
-        for process in processes:
+class Agents:
+    """The agent processes, started once (importing boto3 takes a while) and reused."""
+
+    def __init__(self, count: int) -> None:
+        self.processes = [spawn("_agent", {}, base_env()) for _ in range(count)]
+
+    def close(self) -> None:
+        for process in self.processes:
             if process.poll() is None:
                 process.kill()
+                process.wait()
+
+    def tell(self, line: str) -> None:
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+
+    def answers(self) -> list[str]:
+        lines = []
+        for process in self.processes:
+            assert process.stdout is not None
+            lines.append(process.stdout.readline().strip())
+        return lines
+
+
+def run_small(way: Way, agents: Agents, duration: float) -> Figures:
+    spec = {"duration": duration, "endpoint_url": way.endpoint_url, "env": way.env}
+    agents.tell(json.dumps(spec))
+    if any(answer != "ready" for answer in agents.answers()):
+        raise RuntimeError(f"{way.name}: an agent failed to warm up (see its stderr above)")
+    cpu_before = cpu_seconds(way.pid) if way.pid else None
+    agents.tell("go")
+    results = [json.loads(answer) for answer in agents.answers()]
+    cpu_after = cpu_seconds(way.pid) if way.pid else None
     latencies = sorted(value for result in results for value in result["latencies"])
     seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
     figures = Figures(
@@ -401,7 +416,9 @@ def run_large(way: Way, figures: Figures, path: Path, sha256: str) -> None:
 IDLE_SECONDS = 2.0
 
 
-def measure(way: Way, args: argparse.Namespace, large: tuple[Path, str] | None) -> Figures:
+def measure(
+    way: Way, args: argparse.Namespace, agents: Agents, large: tuple[Path, str] | None
+) -> Figures:
     idle = None
     if way.pid is not None:
         # What the proxy spends with no traffic (the gateway's pollers): the per-request
@@ -409,7 +426,7 @@ def measure(way: Way, args: argparse.Namespace, large: tuple[Path, str] | None) 
         before = cpu_seconds(way.pid)
         time.sleep(IDLE_SECONDS)
         idle = 1000 * (cpu_seconds(way.pid) - before) / IDLE_SECONDS
-    figures = run_small(way, args.agents, args.duration)
+    figures = run_small(way, agents, args.duration)
     figures.idle_cpu_ms_per_s = idle
     if large is not None:
         run_large(way, figures, *large)
@@ -638,20 +655,21 @@ def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> li
         token_file = workdir / "agent.token"
         token_file.write_text(dev_idp.token("bench-agent", groups=["agents"], aud="awsgate"))
         gateway_args = (moto, idp.url, token_file)
+        agents = Agents(args.agents)
         try:
             keys = {"AWS_ACCESS_KEY_ID": moto.access_key, "AWS_SECRET_ACCESS_KEY": moto.secret_key}
             rows.append(
-                measure(Way("direct", base_env(**keys), endpoint_url=moto.url), args, large)
+                measure(Way("direct", base_env(**keys), endpoint_url=moto.url), args, agents, large)
             )
             with bare_mitmdump(workdir / "bare", moto, certs) as way:
-                rows.append(measure(way, args, large))
+                rows.append(measure(way, args, agents, large))
             sqlite = "sqlite:///awsgate.sqlite"
             with full_gateway("awsgate (SQLite)", workdir / "full", *gateway_args, sqlite) as way:
-                rows.append(measure(way, args, large))
+                rows.append(measure(way, args, agents, large))
             if args.breakdown:
                 name = "awsgate, no store writes"
                 with full_gateway(name, workdir / "nostore", *gateway_args, sqlite, True) as way:
-                    rows.append(measure(way, args, None))
+                    rows.append(measure(way, args, agents, None))
                 notes.append(
                     f"'{name}': record writes acknowledged but not made (small calls only)"
                 )
@@ -670,8 +688,9 @@ def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> li
                         "awsgate (PostgreSQL)", workdir / "full-pg", *gateway_args, store
                     ) as way,
                 ):
-                    rows.append(measure(way, args, large))
+                    rows.append(measure(way, args, agents, large))
         finally:
+            agents.close()
             idp.stop()
     return rows
 
@@ -725,10 +744,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_upstream":
+    if len(sys.argv) > 1 and sys.argv[1] == "_agent":
+        agent_main()
+    elif len(sys.argv) > 1 and sys.argv[1] == "_upstream":
         serve_upstream(int(sys.argv[2]), threads=8)
-    elif len(sys.argv) > 1 and sys.argv[1] == "_agent":
-        agent_main(json.loads(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_large":
         large_main(json.loads(sys.argv[2]))
     else:

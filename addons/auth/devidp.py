@@ -255,15 +255,18 @@ class Response:
     @classmethod
     def json(cls, document: Any, max_age: int | None = None, status: int = 200) -> Response:
         headers = {"Content-Type": "application/json"}
-        headers["Cache-Control"] = f"public, max-age={max_age}" if max_age is not None else (
-            "no-store"
+        headers["Cache-Control"] = (
+            f"public, max-age={max_age}" if max_age is not None else ("no-store")
         )
         return cls(status, json.dumps(document).encode(), headers)
 
     @classmethod
     def html(cls, page: str, status: int = 200) -> Response:
-        return cls(status, page.encode(), {"Content-Type": "text/html; charset=utf-8",
-                                           "Cache-Control": "no-store"})
+        return cls(
+            status,
+            page.encode(),
+            {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
+        )
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,11 @@ class DevIdpServer:
     """The dev IdP's HTTP server: a route table served by a ThreadingHTTPServer."""
 
     def __init__(
-        self, idp: DevIdp, host: str, port: int, public_url: str | None = None,
+        self,
+        idp: DevIdp,
+        host: str,
+        port: int,
+        public_url: str | None = None,
         jwks_max_age: int = 300,
     ) -> None:
         self.idp = idp
@@ -343,20 +350,26 @@ class DevIdpServer:
         return route(request)
 
     def _discovery(self, request: Request) -> Response:
-        return Response.json({
-            "issuer": self.url,
-            "jwks_uri": self.url + JWKS_PATH,
-            "authorization_endpoint": self.url + AUTHORIZE_PATH,
-            "token_endpoint": self.url + TOKEN_PATH,
-            "response_types_supported": ["code", "id_token"],
-            "grant_types_supported": ["authorization_code"],
-            "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["none", "client_secret_basic",
-                                                      "client_secret_post"],
-            "scopes_supported": ["openid"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": sorted(KEY_TYPES),
-        }, max_age=self.jwks_max_age)
+        return Response.json(
+            {
+                "issuer": self.url,
+                "jwks_uri": self.url + JWKS_PATH,
+                "authorization_endpoint": self.url + AUTHORIZE_PATH,
+                "token_endpoint": self.url + TOKEN_PATH,
+                "response_types_supported": ["code", "id_token"],
+                "grant_types_supported": ["authorization_code"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": [
+                    "none",
+                    "client_secret_basic",
+                    "client_secret_post",
+                ],
+                "scopes_supported": ["openid"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": sorted(KEY_TYPES),
+            },
+            max_age=self.jwks_max_age,
+        )
 
     def _jwks(self, request: Request) -> Response:
         return Response.json(self.idp.jwks(), max_age=self.jwks_max_age)
@@ -400,8 +413,13 @@ class DevIdpServer:
             now = time.time()
             self._codes = {key: item for key, item in self._codes.items() if item.expires > now}
             self._codes[code] = _Code(
-                form["client_id"], form["redirect_uri"], form["code_challenge"],
-                form.get("nonce"), subject, groups, now + CODE_TTL,
+                form["client_id"],
+                form["redirect_uri"],
+                form["code_challenge"],
+                form.get("nonce"),
+                subject,
+                groups,
+                now + CODE_TTL,
             )
         answer = {"code": code, **({"state": form["state"]} if "state" in form else {})}
         separator = "&" if urlsplit(form["redirect_uri"]).query else "?"
@@ -428,16 +446,22 @@ class DevIdpServer:
             return Response.json({"error": exc.error, "error_description": str(exc)}, status=400)
         extra = {"nonce": code.nonce} if code.nonce else {}
         id_token = self.idp.token(
-            code.subject, code.groups, aud=code.client_id, ttl=LOGIN_TTL,
-            extra_claims=extra, issuer=self.url,
+            code.subject,
+            code.groups,
+            aud=code.client_id,
+            ttl=LOGIN_TTL,
+            extra_claims=extra,
+            issuer=self.url,
         )
-        return Response.json({
-            "access_token": id_token,
-            "id_token": id_token,
-            "token_type": "Bearer",
-            "expires_in": LOGIN_TTL,
-            "scope": "openid",
-        })
+        return Response.json(
+            {
+                "access_token": id_token,
+                "id_token": id_token,
+                "token_type": "Bearer",
+                "expires_in": LOGIN_TTL,
+                "scope": "openid",
+            }
+        )
 
 
 def _check_authorization(params: Mapping[str, str]) -> None:
@@ -488,15 +512,19 @@ def _handler_class(server: DevIdpServer) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             request = Request(
-                self.command, parts.path, parse_qs(parts.query), self.headers,
+                self.command,
+                parts.path,
+                parse_qs(parts.query),
+                self.headers,
                 self.rfile.read(min(length, 1024 * 1024)),
             )
             try:
                 response = server.handle(request)
             except Exception:
                 log.exception("dev-idp: %s %s failed", self.command, parts.path)
-                response = Response(500, b'{"error":"server_error"}',
-                                    {"Content-Type": "application/json"})
+                response = Response(
+                    500, b'{"error":"server_error"}', {"Content-Type": "application/json"}
+                )
             self.send_response(response.status)
             for name, value in response.headers.items():
                 self.send_header(name, value)

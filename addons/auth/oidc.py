@@ -36,8 +36,19 @@ log = logging.getLogger(__name__)
 # Only public-key algorithms: the keys come from a public document, so an HMAC
 # "signature" made with them proves nothing (the classic alg confusion attack).
 ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
-     "Ed25519"}
+    {
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "EdDSA",
+        "Ed25519",
+    }
 )
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_TOKEN_LENGTH = 16 * 1024
@@ -247,8 +258,10 @@ class TokenValidator:
     ) -> None:
         self.clock_skew = clock_skew
         self._issuers = {
-            issuer.url: (issuer, IssuerKeys(issuer.url, fetch, clock=clock,
-                                            refetch_interval=refetch_interval))
+            issuer.url: (
+                issuer,
+                IssuerKeys(issuer.url, fetch, clock=clock, refetch_interval=refetch_interval),
+            )
             for issuer in issuers
         }
         self._cache: OrderedDict[bytes, ValidatedToken] = OrderedDict()
@@ -306,8 +319,9 @@ class TokenValidator:
         if not isinstance(claims, dict):
             raise TokenError("malformed token")
         audience = self._check_claims(issuer, claims, now)
-        return ValidatedToken(issuer, claims, float(claims["exp"]), audience,
-                              groups_for(issuer, claims))
+        return ValidatedToken(
+            issuer, claims, float(claims["exp"]), audience, groups_for(issuer, claims)
+        )
 
     def _check_claims(self, issuer: IssuerConfig, claims: dict[str, Any], now: float) -> str:
         """Checks the verified claims; returns the configured audience the token is for."""

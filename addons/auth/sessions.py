@@ -40,8 +40,21 @@ DEFAULT_DURATION = 3600
 
 # Claims a session never needs again (they describe the identity token itself).
 _BOOKKEEPING_CLAIMS = frozenset(
-    {"iss", "sub", "exp", "nbf", "iat", "jti", "auth_time", "nonce", "at_hash", "c_hash", "azp",
-     "sid", "groups"}
+    {
+        "iss",
+        "sub",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "auth_time",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "azp",
+        "sid",
+        "groups",
+    }
 )
 MAX_CLAIM_LENGTH = 256
 CLAIMS_BUDGET = 1024
@@ -281,8 +294,9 @@ class SessionMinter:
 
     def _secret(self, access_key_id: str, session_token: str) -> str:
         digest = hashlib.sha256(session_token.encode()).digest()
-        material = hmac.new(self._secret_key, access_key_id.encode() + b"\0" + digest,
-                            hashlib.sha256).digest()
+        material = hmac.new(
+            self._secret_key, access_key_id.encode() + b"\0" + digest, hashlib.sha256
+        ).digest()
         return base64.b64encode(material[:30]).decode()
 
 

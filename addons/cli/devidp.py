@@ -23,7 +23,8 @@ def default_keys_dir() -> Path:
 
 def register(subcommands: Any) -> None:
     parser = subcommands.add_parser(
-        "dev-idp", help="local OIDC issuer for tests and demos (development only)",
+        "dev-idp",
+        help="local OIDC issuer for tests and demos (development only)",
         description=NOTICE,
     )
     commands = parser.add_subparsers(dest="dev_idp_command", required=True, metavar="COMMAND")
@@ -47,7 +48,10 @@ def register(subcommands: Any) -> None:
     token.add_argument("--issuer", help="issuer URL (default: the one last served from --keys)")
     token.add_argument("--alg", default="RS256", choices=sorted(devidp.KEY_TYPES))
     token.add_argument(
-        "--claim", action="append", default=[], metavar="NAME=VALUE",
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="extra claim; VALUE is parsed as JSON if it can be, else taken as text (repeatable)",
     )
     token.set_defaults(handler=token_command)
@@ -61,7 +65,9 @@ def register(subcommands: Any) -> None:
 
 def _add_keys_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--keys", type=Path, default=None,
+        "--keys",
+        type=Path,
+        default=None,
         help=f"key directory (default: ${KEYS_ENV} or ~/.cache/awsgate/dev-idp)",
     )
 

@@ -56,6 +56,7 @@ LOST_AFTER = timedelta(seconds=10)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+
 class DecisionRefused(Exception):
     """An approver may not make this decision; the message says why and is safe to show."""
 

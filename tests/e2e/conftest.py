@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url, text
 
 from addons.auth.devidp import DevIdp, DevIdpServer
+from addons.store import db
 from tests.e2e import harness
 
 HERE = Path(__file__).parent
@@ -77,3 +81,27 @@ def agent_token_file(workdir: Path, dev_idp: DevIdp) -> Path:
 def agent(gateway: harness.Gateway, agent_token_file: Path) -> dict[str, str]:
     """The environment of an SDK-native agent: web identity through the gateway."""
     return harness.agent_env(gateway, token_file=agent_token_file)
+
+
+NO_POSTGRES = (
+    "needs AWSGATE_TEST_PG_URL=postgresql://USER@127.0.0.1:PORT/DB, a server where USER may "
+    "create databases (scripts/test starts one when PostgreSQL is installed or installable)"
+)
+
+
+@pytest.fixture(scope="module")
+def pg_store() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test module; its URL."""
+    base = os.environ.get("AWSGATE_TEST_PG_URL")
+    if not base:
+        pytest.skip(NO_POSTGRES)
+    name = f"awsgate_e2e_{uuid.uuid4().hex[:10]}"
+    admin = db.open_engine(base).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

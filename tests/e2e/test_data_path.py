@@ -13,6 +13,7 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -21,6 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.e2e import harness
+from tests.e2e.conftest import HERE, gateway_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -292,3 +294,35 @@ def test_presigned_url_through_the_gateway(agent: dict[str, str], tmp_path: Path
     with pytest.raises(urllib.error.HTTPError) as refused:
         opener.open(sigv2, timeout=30)
     assert b"presign with SigV4" in refused.value.read()
+
+
+@pytest.fixture(scope="module")
+def blocking_gateway(workdir: Path, moto: harness.Moto, idp) -> Iterator[harness.Gateway]:
+    settings = gateway_settings(idp.url, HERE / "policies" / "base.yaml")
+    settings["non_aws"] = "block"
+    gateway = harness.Gateway.configure(workdir / "blocking-gateway", moto, settings)
+    gateway.start(moto)
+    yield gateway
+    gateway.stop()
+
+
+def test_non_aws_traffic_can_be_blocked(
+    blocking_gateway: harness.Gateway, agent_token_file: Path
+) -> None:
+    """With non_aws: block, plain and tunnelled requests to other hosts are refused,
+    while AWS calls still work."""
+    server, port = _serve()
+    try:
+        seen = len(_Recorder.seen)
+        conn = http.client.HTTPConnection("127.0.0.1", blocking_gateway.port, timeout=10)
+        conn.request("GET", f"http://127.0.0.1:{port}/x")
+        assert conn.getresponse().status == 403
+        tunnel = http.client.HTTPConnection("127.0.0.1", blocking_gateway.port, timeout=10)
+        tunnel.set_tunnel("127.0.0.1", port)
+        with pytest.raises(OSError, match="403"):
+            tunnel.request("GET", "/through")
+        assert len(_Recorder.seen) == seen, "a blocked request reached the other host"
+    finally:
+        server.shutdown()
+    env = harness.agent_env(blocking_gateway, token_file=agent_token_file)
+    assert "Arn" in harness.agent_client(env, "sts").get_caller_identity()

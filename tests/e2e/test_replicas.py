@@ -5,7 +5,9 @@ on: credentials minted by one replica verify on the other, an approval
 requested on one is decided from the other's config and consumed exactly
 once even when both replicas race for it, and the records of both form
 verifiable chains in the shared store. Each replica also serves its own
-Prometheus endpoint and writes JSON logs.
+Prometheus endpoint and writes JSON logs; agents behind HAProxy in TCP mode
+(docs/deploy-haproxy.md; skipped where Debian's haproxy is not installed)
+reach both replicas.
 
 Needs ``AWSGATE_TEST_PG_URL`` (``scripts/test`` starts a server); this module
 creates a fresh database on it and drops it at the end.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 from mitmproxy import certs
-from sqlalchemy import Engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, select
 
 from addons import cli
 from addons.auth.devidp import DevIdp, DevIdpServer
@@ -57,10 +58,6 @@ rules:
     actions: ["s3:DeleteBucket"]
     approvers: ["group:sre"]
 """
-NO_POSTGRES = (
-    "needs AWSGATE_TEST_PG_URL=postgresql://USER@127.0.0.1:PORT/DB, a server where USER may "
-    "create databases (scripts/test starts one when PostgreSQL is installed or installable)"
-)
 
 
 @dataclass
@@ -82,23 +79,6 @@ class Replica:
                 if found == wanted:
                     return float(value)
         return 0.0
-
-
-@pytest.fixture(scope="module")
-def pg_store() -> Iterator[str]:
-    base = os.environ.get("AWSGATE_TEST_PG_URL")
-    if not base:
-        pytest.skip(NO_POSTGRES)
-    name = f"awsgate_replicas_{uuid.uuid4().hex[:10]}"
-    admin = db.open_engine(base).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +149,6 @@ def minted_credentials(gateway: harness.Gateway, token_file: Path) -> Any:
     """What the agent's SDK got from sts:AssumeRoleWithWebIdentity answered by ``gateway``."""
     env = harness.agent_env(gateway, token_file=token_file)
     with harness.environment(env):
-        import boto3
-
         return boto3.Session().get_credentials().get_frozen_credentials()
 
 

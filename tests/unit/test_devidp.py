@@ -85,8 +85,13 @@ def test_keys_are_private_on_disk(server: DevIdpServer, keys_dir: Path) -> None:
 def test_token_claims(keys_dir: Path) -> None:
     idp = DevIdp(keys_dir)
     token = idp.token(
-        "agent", groups=["a", "b"], aud=["x", "y"], ttl=120, now=NOW,
-        extra_claims={"repository": "acme/infra"}, issuer="http://127.0.0.1:9",
+        "agent",
+        groups=["a", "b"],
+        aud=["x", "y"],
+        ttl=120,
+        now=NOW,
+        extra_claims={"repository": "acme/infra"},
+        issuer="http://127.0.0.1:9",
     )
     claims = claims_of(token)
     assert claims["iss"] == "http://127.0.0.1:9"
@@ -176,8 +181,25 @@ def cli() -> Any:
 
 
 def test_cli_token_and_rotate(cli: Any, server: DevIdpServer, keys_dir: Path, capsys: Any) -> None:
-    assert cli(["dev-idp", "token", "--keys", str(keys_dir), "--sub", "agent", "--groups",
-                "a,b", "--claim", "run_attempt=2", "--claim", "repository=acme/infra"]) == 0
+    assert (
+        cli(
+            [
+                "dev-idp",
+                "token",
+                "--keys",
+                str(keys_dir),
+                "--sub",
+                "agent",
+                "--groups",
+                "a,b",
+                "--claim",
+                "run_attempt=2",
+                "--claim",
+                "repository=acme/infra",
+            ]
+        )
+        == 0
+    )
     token = capsys.readouterr().out.strip()
     result = validator_for(server).validate(token)
     assert result.groups == {"a", "b"}
@@ -186,23 +208,48 @@ def test_cli_token_and_rotate(cli: Any, server: DevIdpServer, keys_dir: Path, ca
     assert capsys.readouterr().out.startswith("RS256 rs256-")
 
 
-def test_cli_reports_bad_claims_and_missing_issuer(
-    cli: Any, tmp_path: Path, capsys: Any
-) -> None:
+def test_cli_reports_bad_claims_and_missing_issuer(cli: Any, tmp_path: Path, capsys: Any) -> None:
     keys = str(tmp_path / "fresh")
     assert cli(["dev-idp", "token", "--keys", keys, "--sub", "a"]) != 0
     assert "no issuer known" in capsys.readouterr().err
-    assert cli(["dev-idp", "token", "--keys", keys, "--sub", "a", "--issuer", "http://x",
-                "--claim", "novalue"]) != 0
+    assert (
+        cli(
+            [
+                "dev-idp",
+                "token",
+                "--keys",
+                keys,
+                "--sub",
+                "a",
+                "--issuer",
+                "http://x",
+                "--claim",
+                "novalue",
+            ]
+        )
+        != 0
+    )
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
 def test_cli_serve_in_another_process(cli: Any, keys_dir: Path, capsys: Any) -> None:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from addons.cli import main; sys.exit(main())",
-         "dev-idp", "serve", "--keys", str(keys_dir), "--ec"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from addons.cli import main; sys.exit(main())",
+            "dev-idp",
+            "serve",
+            "--keys",
+            str(keys_dir),
+            "--ec",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=ROOT,
     )
     try:
         url = process.stdout.readline().strip()

@@ -255,8 +255,7 @@ def test_unknown_kid_refused(idp: DevIdp, validator: TokenValidator) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "abc", "a.b", "a.b.c.d", "!!!.e30.sig", "e30.bm90IGpzb24.sig", "W10.e30.sig",
-     "x" * 20000],
+    ["", "abc", "a.b", "a.b.c.d", "!!!.e30.sig", "e30.bm90IGpzb24.sig", "W10.e30.sig", "x" * 20000],
 )
 def test_malformed_tokens_refused(validator: TokenValidator, token: str) -> None:
     assert refused(validator, token) == "malformed token"
@@ -330,8 +329,11 @@ def test_cache_lifetime_follows_cache_control_within_bounds(clock: FakeClock) ->
     def fake(url: str) -> Fetched:
         calls.append(url)
         if url.endswith("openid-configuration"):
-            return Fetched(json.dumps({"issuer": "https://idp.example",
-                                       "jwks_uri": "https://idp.example/keys"}).encode())
+            return Fetched(
+                json.dumps(
+                    {"issuer": "https://idp.example", "jwks_uri": "https://idp.example/keys"}
+                ).encode()
+            )
         return Fetched(json.dumps(jwks).encode(), max_age=5)
 
     keys = IssuerKeys("https://idp.example", fake, clock=clock, min_ttl=60)
@@ -347,8 +349,11 @@ def test_cache_lifetime_follows_cache_control_within_bounds(clock: FakeClock) ->
 
 def test_discovery_naming_another_issuer_is_unusable(clock: FakeClock) -> None:
     def fake(url: str) -> Fetched:
-        return Fetched(json.dumps({"issuer": "https://evil.example",
-                                   "jwks_uri": "https://evil.example/keys"}).encode())
+        return Fetched(
+            json.dumps(
+                {"issuer": "https://evil.example", "jwks_uri": "https://evil.example/keys"}
+            ).encode()
+        )
 
     with pytest.raises(TokenError, match="issuer unreachable"):
         IssuerKeys("https://idp.example", fake, clock=clock).get("kid")
@@ -357,12 +362,14 @@ def test_discovery_naming_another_issuer_is_unusable(clock: FakeClock) -> None:
 def test_jwks_parsing_skips_symmetric_and_encryption_keys(idp: DevIdp) -> None:
     idp.current()
     public = idp.jwks()["keys"][0]
-    document = {"keys": [
-        {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
-        {**public, "kid": "enc", "use": "enc"},
-        {"kty": "RSA", "kid": "broken", "n": "AQAB"},
-        public,
-    ]}
+    document = {
+        "keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {**public, "kid": "enc", "use": "enc"},
+            {"kty": "RSA", "kid": "broken", "n": "AQAB"},
+            public,
+        ]
+    }
     assert list(_parse_jwks(document)) == [public["kid"]]
 
 
@@ -390,8 +397,11 @@ def test_groups_claim_as_list_or_separated_string() -> None:
 
 
 def test_nested_claim_paths_including_dotted_names() -> None:
-    claims = {"kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "runner"}},
-              "realm_access": {"roles": ["ops"]}, "a.b": "flat"}
+    claims = {
+        "kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "runner"}},
+        "realm_access": {"roles": ["ops"]},
+        "a.b": "flat",
+    }
     assert claim_value(claims, "kubernetes.io.namespace") == "ci"
     assert claim_value(claims, "kubernetes.io.serviceaccount.name") == "runner"
     assert claim_value(claims, "realm_access.roles") == ["ops"]
@@ -402,13 +412,20 @@ def test_nested_claim_paths_including_dotted_names() -> None:
 
 
 def test_claim_rules_are_case_sensitive_globs() -> None:
-    issuer = IssuerConfig("https://idp", ("a",), claim_rules=(
-        ClaimRule("sub", "repo:acme/*:ref:refs/heads/main", ("main-branch",)),
-        ClaimRule("email_verified", "true", ("verified",)),
-        ClaimRule("amr", "mfa", ("mfa",)),
-    ))
-    claims = {"sub": "repo:acme/infra:ref:refs/heads/main", "email_verified": True,
-              "amr": ["pwd", "mfa"]}
+    issuer = IssuerConfig(
+        "https://idp",
+        ("a",),
+        claim_rules=(
+            ClaimRule("sub", "repo:acme/*:ref:refs/heads/main", ("main-branch",)),
+            ClaimRule("email_verified", "true", ("verified",)),
+            ClaimRule("amr", "mfa", ("mfa",)),
+        ),
+    )
+    claims = {
+        "sub": "repo:acme/infra:ref:refs/heads/main",
+        "email_verified": True,
+        "amr": ["pwd", "mfa"],
+    }
     assert groups_for(issuer, claims) == {"main-branch", "verified", "mfa"}
     assert groups_for(issuer, {"sub": "repo:ACME/infra:ref:refs/heads/main"}) == frozenset()
     assert groups_for(issuer, {"sub": "repo:acme/infra:ref:refs/heads/dev"}) == frozenset()
@@ -445,19 +462,30 @@ def test_documented_issuer_examples(tmp_path: Path) -> None:
 
     parsed = config.parse(yaml.safe_load(EXAMPLES), tmp_path / "awsgate.yaml")
     github, gitlab, eks = parsed.identity.issuers
-    assert groups_for(github, {
-        "sub": "repo:acme/infra:ref:refs/heads/main", "repository_owner": "acme",
-        "aud": "sts.amazonaws.com",
-    }) == {"infra-deploy", "acme-ci"}
-    assert groups_for(github, {"sub": "repo:acme/web:pull_request", "repository_owner": "acme"}) \
-        == {"ci-readonly", "acme-ci"}
-    assert groups_for(gitlab, {
-        "sub": "project_path:acme/infra:ref_type:branch:ref:main",
-        "namespace_path": "acme/platform",
-        "ref_protected": "true",
-    }) == {"infra-deploy", "acme-ci", "protected-ref"}
-    assert groups_for(eks, {
-        "sub": "system:serviceaccount:team-a:builder",
-        "kubernetes.io": {"namespace": "team-a", "serviceaccount": {"name": "builder"}},
-    }) == {"k8s-teams"}
+    assert groups_for(
+        github,
+        {
+            "sub": "repo:acme/infra:ref:refs/heads/main",
+            "repository_owner": "acme",
+            "aud": "sts.amazonaws.com",
+        },
+    ) == {"infra-deploy", "acme-ci"}
+    assert groups_for(
+        github, {"sub": "repo:acme/web:pull_request", "repository_owner": "acme"}
+    ) == {"ci-readonly", "acme-ci"}
+    assert groups_for(
+        gitlab,
+        {
+            "sub": "project_path:acme/infra:ref_type:branch:ref:main",
+            "namespace_path": "acme/platform",
+            "ref_protected": "true",
+        },
+    ) == {"infra-deploy", "acme-ci", "protected-ref"}
+    assert groups_for(
+        eks,
+        {
+            "sub": "system:serviceaccount:team-a:builder",
+            "kubernetes.io": {"namespace": "team-a", "serviceaccount": {"name": "builder"}},
+        },
+    ) == {"k8s-teams"}
     assert groups_for(eks, {"sub": "system:serviceaccount:ci:runner"}) == {"k8s-ci"}

@@ -105,14 +105,20 @@ def test_round_trip(minter: SessionMinter) -> None:
     info, secret = minter.open(minted.access_key_id, minted.session_token, now=NOW + 60)
     assert secret == minted.secret_access_key
     assert (info.issuer, info.subject, info.role) == (
-        "https://idp.example", "repo:acme/infra:ref:refs/heads/main", "deployer")
+        "https://idp.example",
+        "repo:acme/infra:ref:refs/heads/main",
+        "deployer",
+    )
     assert info.groups == {"deployers", "readers"}
     assert info.session_id == minted.session_id
     assert info.expiration == minted.expiration
     assert info.claims == {"aud": "sts.amazonaws.com", "repository": "acme/infra"}
     principal = info.principal()
     assert (principal.subject, principal.session_id, principal.role) == (
-        info.subject, minted.session_id, "deployer")
+        info.subject,
+        minted.session_id,
+        "deployer",
+    )
 
 
 def test_any_replica_with_the_key_opens_it(minter: SessionMinter) -> None:
@@ -176,13 +182,29 @@ def test_token_stays_small_with_many_claims(minter: SessionMinter) -> None:
 
 
 def test_session_claims_keep_short_scalars_only() -> None:
-    kept = session_claims({
-        "sub": "s", "iss": "i", "exp": 1, "iat": 1, "jti": "j", "groups": ["g"],
-        "aud": ["a", "b"], "repository": "acme/infra", "run_attempt": 2, "ref_protected": True,
-        "kubernetes.io": {"namespace": "ci"}, "long": "x" * 300, "many": ["x"] * 20,
-    })
-    assert kept == {"aud": ["a", "b"], "repository": "acme/infra", "run_attempt": 2,
-                    "ref_protected": True}
+    kept = session_claims(
+        {
+            "sub": "s",
+            "iss": "i",
+            "exp": 1,
+            "iat": 1,
+            "jti": "j",
+            "groups": ["g"],
+            "aud": ["a", "b"],
+            "repository": "acme/infra",
+            "run_attempt": 2,
+            "ref_protected": True,
+            "kubernetes.io": {"namespace": "ci"},
+            "long": "x" * 300,
+            "many": ["x"] * 20,
+        }
+    )
+    assert kept == {
+        "aud": ["a", "b"],
+        "repository": "acme/infra",
+        "run_attempt": 2,
+        "ref_protected": True,
+    }
 
 
 def test_key_file_round_trip_across_minters(tmp_path: Path) -> None:
@@ -190,7 +212,8 @@ def test_key_file_round_trip_across_minters(tmp_path: Path) -> None:
     minted = mint(SessionMinter(load_or_create_key(path)))
     replica = SessionMinter(load_or_create_key(path))
     assert replica.open(minted.access_key_id, minted.session_token, now=NOW)[1] == (
-        minted.secret_access_key)
+        minted.secret_access_key
+    )
     assert os.stat(path).st_size == 32
 
 

@@ -71,7 +71,10 @@ def test_params_from_body_and_query() -> None:
 def test_web_identity_request_parsed() -> None:
     request = sts.parse_web_identity(params(DurationSeconds="1800"))
     assert (request.role_arn, request.role_session_name, request.duration_seconds) == (
-        ROLE_ARN, "ci-run-42", 1800)
+        ROLE_ARN,
+        "ci-run-42",
+        1800,
+    )
     assert request.role_name == "deployer"
     assert "header.payload" not in repr(request)
     assert sts.parse_web_identity(params()).duration_seconds is None
@@ -137,8 +140,12 @@ def test_role_name_from_garbage_refused(arn: str) -> None:
 
 def credentials() -> MintedCredentials:
     return SessionMinter(KEY).mint(
-        issuer="https://idp.example", subject="agent", groups=["g"], role="deployer",
-        duration=3600, now=NOW,
+        issuer="https://idp.example",
+        subject="agent",
+        groups=["g"],
+        role="deployer",
+        duration=3600,
+        now=NOW,
     )
 
 
@@ -146,9 +153,13 @@ def test_response_parsed_by_botocore() -> None:
     minted = credentials()
     request = sts.parse_web_identity(params())
     body = sts.render_response(
-        request, minted, subject="repo:acme/infra:ref:refs/heads/main",
-        provider="https://token.actions.githubusercontent.com", audience="sts.amazonaws.com",
-        request_id="req-1", source_identity="bob",
+        request,
+        minted,
+        subject="repo:acme/infra:ref:refs/heads/main",
+        provider="https://token.actions.githubusercontent.com",
+        audience="sts.amazonaws.com",
+        request_id="req-1",
+        source_identity="bob",
     )
     parsed = parse(200, body)
     assert parsed["Credentials"] == {
@@ -159,7 +170,8 @@ def test_response_parsed_by_botocore() -> None:
     }
     assert parsed["SubjectFromWebIdentityToken"] == "repo:acme/infra:ref:refs/heads/main"
     assert parsed["AssumedRoleUser"]["Arn"] == (
-        "arn:aws:sts::123456789012:assumed-role/deployer/ci-run-42")
+        "arn:aws:sts::123456789012:assumed-role/deployer/ci-run-42"
+    )
     assert parsed["AssumedRoleUser"]["AssumedRoleId"].endswith(":ci-run-42")
     assert parsed["AssumedRoleUser"]["AssumedRoleId"].startswith("AROA")
     assert parsed["Provider"] == "https://token.actions.githubusercontent.com"
@@ -170,8 +182,12 @@ def test_response_parsed_by_botocore() -> None:
 
 def test_response_escapes_xml() -> None:
     body = sts.render_response(
-        sts.parse_web_identity(params()), credentials(), subject="a<b>&c",
-        provider="p", audience="aud", request_id="r",
+        sts.parse_web_identity(params()),
+        credentials(),
+        subject="a<b>&c",
+        provider="p",
+        audience="aud",
+        request_id="r",
     )
     assert parse(200, body)["SubjectFromWebIdentityToken"] == "a<b>&c"
 
@@ -229,8 +245,12 @@ class FakeSts:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 answer = sts.answer_web_identity(
-                    sts.parse_params(body), validator=fake.validator, minter=fake.minter,
-                    max_session=7200, request_id=str(uuid.uuid4()), authorize=fake._authorize,
+                    sts.parse_params(body),
+                    validator=fake.validator,
+                    minter=fake.minter,
+                    max_session=7200,
+                    request_id=str(uuid.uuid4()),
+                    authorize=fake._authorize,
                 )
                 fake.answers.append(answer)
                 self.send_response(answer.status)
@@ -265,8 +285,11 @@ def fake_sts(idp: tuple[DevIdp, DevIdpServer]) -> Iterator[FakeSts]:
 
 def client(url: str) -> Any:
     return boto3.client(
-        "sts", endpoint_url=url, region_name="us-east-1",
-        aws_access_key_id="unused", aws_secret_access_key="unused",
+        "sts",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="unused",
+        aws_secret_access_key="unused",
         config=Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=False),
     )
 
@@ -276,7 +299,10 @@ def test_boto3_assume_role_with_web_identity(
 ) -> None:
     token = idp[0].token("agent-7", groups=["deployers"], aud="sts.amazonaws.com")
     answer = client(fake_sts.url).assume_role_with_web_identity(
-        RoleArn=ROLE_ARN, RoleSessionName="run-1", WebIdentityToken=token, DurationSeconds=1800,
+        RoleArn=ROLE_ARN,
+        RoleSessionName="run-1",
+        WebIdentityToken=token,
+        DurationSeconds=1800,
     )
     minted = answer["Credentials"]
     info, secret = fake_sts.minter.open(minted["AccessKeyId"], minted["SessionToken"])
@@ -300,13 +326,20 @@ def test_boto3_assume_role_with_web_identity(
     ],
 )
 def test_boto3_sees_sts_errors(
-    idp: tuple[DevIdp, DevIdpServer], fake_sts: FakeSts,
-    token_args: dict[str, Any], call_args: dict[str, Any], code: str,
+    idp: tuple[DevIdp, DevIdpServer],
+    fake_sts: FakeSts,
+    token_args: dict[str, Any],
+    call_args: dict[str, Any],
+    code: str,
 ) -> None:
     fake_sts.denied_roles.add("admin")
     token = idp[0].token("agent", **{"aud": "sts.amazonaws.com", **token_args})
-    arguments = {"RoleArn": ROLE_ARN, "RoleSessionName": "run", "WebIdentityToken": token,
-                 **call_args}
+    arguments = {
+        "RoleArn": ROLE_ARN,
+        "RoleSessionName": "run",
+        "WebIdentityToken": token,
+        **call_args,
+    }
     with pytest.raises(botocore.exceptions.ClientError) as info:
         client(fake_sts.url).assume_role_with_web_identity(**arguments)
     assert info.value.response["Error"]["Code"] == code
@@ -314,13 +347,21 @@ def test_boto3_sees_sts_errors(
 
 
 def test_sdk_web_identity_provider_uses_minted_credentials(
-    idp: tuple[DevIdp, DevIdpServer], fake_sts: FakeSts, tmp_path: Path,
+    idp: tuple[DevIdp, DevIdpServer],
+    fake_sts: FakeSts,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(idp[0].token("agent-9", aud="sts.amazonaws.com"))
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
