@@ -110,10 +110,6 @@ class GatewayConfig:
     log_format: str = "text"  # "text" or "json" (one JSON object per line)
     replica_id: str | None = None  # names this replica in logs, metrics and its record chain
 
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent
-
 
 def default_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)

@@ -84,10 +84,6 @@ def masks_for(policy: Policy, principal: Principal, operation: Operation) -> lis
     ]
 
 
-def rule_matches(rule: Rule, principal: Principal, operation: Operation) -> bool:
-    return _actions_match(rule, operation) and _rest_matches(rule, principal, operation)
-
-
 def _rules_for_action(policy: Policy, operation: Operation) -> tuple[Rule, ...]:
     """The rules whose actions match, from the policy's index (bounded: services
     an agent names in its signature need not exist)."""
