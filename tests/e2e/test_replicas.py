@@ -42,22 +42,11 @@ from addons.store import approvals, chain, db
 from addons.store.models import calls
 from tests.e2e import harness
 from tests.e2e.conftest import AUDIENCE, gateway_settings
+from tests.e2e.test_approval import POLICY  # the same review rule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 WAIT = 6  # seconds a replica holds a call for approval: the race's loser waits this long
-POLICY = """\
-rules:
-  - name: agents-work
-    effect: allow
-    principals: ["group:agents"]
-    actions: ["s3:*", "sts:GetCallerIdentity"]
-  - name: bucket-deletes-need-review
-    effect: review
-    principals: ["*"]
-    actions: ["s3:DeleteBucket"]
-    approvers: ["group:sre"]
-"""
 
 
 @dataclass
