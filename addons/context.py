@@ -1,7 +1,9 @@
 """The one typed object the addons share, kept at ``flow.metadata["awsgate"]``.
 
 Addons never reach into each other; each reads what earlier addons wrote here
-and adds its own part. Everything in it must be safe to record: no secrets.
+and adds its own part. Everything in it must be safe to record, no secrets,
+but the agent's credentials identity verifies (``agent_auth``): the context
+gives way to a plain summary when the call is over (see ``addons.flowview``).
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ class Refusal:
     kind: str  # decision label for the record: deny, refused-identity, error, ...
 
 
+@dataclass(frozen=True)
+class AgentAuth:
+    """The agent's request head as sent, credentials included, kept off mitmproxy's flow."""
+
+    header_fields: tuple[tuple[bytes, bytes], ...]
+    path: str
+
+
 @dataclass
 class GateContext:
     """Per-flow state, written by the addons in chain order."""
@@ -85,6 +95,7 @@ class GateContext:
     credential_scope: tuple[str, str] | None = (
         None  # (signing service, region) the agent signed for
     )
+    agent_auth: AgentAuth | None = None
     principal: Principal | None = None
     operation: Operation | None = None
     decision: Decision | None = None
@@ -101,6 +112,7 @@ class GateContext:
     record_request_body: bytes | None = None
     record_params: dict[str, Any] = field(default_factory=dict)
     record_response_body: bytes | None = None
+    request_shown_as_recorded: bool = False  # the flow's request now shows the record's copy
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -126,12 +138,14 @@ class GateContext:
 
 def get(flow: Any) -> GateContext:
     """The flow's context, created on first use."""
-    gate = flow.metadata.get(METADATA_KEY)
+    gate = find(flow)
     if gate is None:
         gate = flow.metadata[METADATA_KEY] = GateContext()
     return gate
 
 
 def find(flow: Any) -> GateContext | None:
-    """The flow's context if the gateway took the flow on, else None."""
-    return flow.metadata.get(METADATA_KEY)
+    """The flow's context if the gateway has the flow in hand, else None (a finished
+    call's summary, or a copy of one replayed from mitmweb, is not a context)."""
+    gate = flow.metadata.get(METADATA_KEY)
+    return gate if isinstance(gate, GateContext) else None

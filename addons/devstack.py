@@ -201,10 +201,12 @@ class Gateway:
         wait: bool = True,
         via_cli: bool = False,
         scripts_before: tuple[str, ...] = (),
+        program: str = "mitmdump",
     ) -> None:
         """Start ``mitmdump -s addons/gateway.py`` (or ``awsgate run`` with ``via_cli``).
 
-        ``scripts_before`` are mitmproxy scripts loaded ahead of the gateway (tests only).
+        ``scripts_before`` are mitmproxy scripts loaded ahead of the gateway (tests only);
+        ``program`` may be ``mitmweb`` (give it ``--web-port`` in ``extra_args``).
         """
         if via_cli:
             command = [
@@ -218,7 +220,7 @@ class Gateway:
             ]
         else:
             command = [
-                str(BIN / "mitmdump"),
+                str(BIN / program),
                 *(arg for script in scripts_before for arg in ("-s", script)),
                 "-s",
                 str(ROOT / "addons" / "gateway.py"),

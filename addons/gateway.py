@@ -1,6 +1,7 @@
 """The awsgate addon chain, in order: ``mitmdump -s addons/gateway.py --set awsgate_config=FILE``.
 
-Request path: scope (is this AWS traffic?), identity (who?), operation (what?),
+Request path: scope (is this AWS traffic?), flow view (what mitmproxy may show of
+it), identity (who?), operation (what?),
 policy (may they?), approval (held for a human?), signing (re-sign with
 gateway credentials, route upstream), masking (the record's masked copy of
 the request), recording (commit the request part before it leaves), and a
@@ -12,6 +13,7 @@ typed context at ``flow.metadata["awsgate"]``.
 from __future__ import annotations
 
 from addons.approval import Approval
+from addons.flowview import FlowView
 from addons.hooks import ForwardGuard
 from addons.identity import Identity
 from addons.logjson import JsonLogs
@@ -28,6 +30,7 @@ addons = [
     Settings(),
     JsonLogs(),  # first flow hook: log lines of later addons carry the call's ids
     Scope(),
+    FlowView(),  # before identity and before mitmweb's view: credentials off the flow
     Identity(),
     OperationResolver(),
     Policy(),

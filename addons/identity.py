@@ -169,6 +169,18 @@ class Admission:
             self.cache.close()
 
 
+def agent_request_head(flow: http.HTTPFlow, gate: GateContext) -> tuple[http.Headers, str, str]:
+    """Headers, path and query as the agent signed them: the flow no longer shows its
+    credentials (``addons.flowview``)."""
+    auth = gate.agent_auth
+    if auth is None:
+        headers, raw_path = flow.request.headers, flow.request.path
+    else:
+        headers, raw_path = http.Headers(auth.header_fields), auth.path
+    path, _, query = raw_path.partition("?")
+    return headers, path, query
+
+
 class Identity(RequestStage):
     def __init__(self) -> None:
         self.validator: oidc.TokenValidator | None = None
@@ -244,9 +256,9 @@ class Identity(RequestStage):
                 deny(flow, refusal, kind="refused-identity")
 
     async def _principal(self, flow: http.HTTPFlow, gate: GateContext) -> Principal:
-        request = flow.request
+        headers, _, query = agent_request_head(flow, gate)
         try:
-            auth = sigv4.parse_auth(request.headers, split_path(request)[1])
+            auth = sigv4.parse_auth(headers, query)
         except sigv4.SignatureError as exc:
             raise IdentityRefused(str(exc)) from exc
         if auth is not None:
@@ -273,7 +285,7 @@ class Identity(RequestStage):
         except sessions.SessionError as exc:
             raise IdentityRefused(str(exc)) from exc
         request = flow.request
-        path, query = split_path(request)
+        headers, path, query = agent_request_head(flow, gate)
         try:
             sigv4.verify(
                 auth,
@@ -281,7 +293,7 @@ class Identity(RequestStage):
                 request.method,
                 path,
                 query,
-                request.headers,
+                headers,
                 None if gate.streamed else request.raw_content,
                 datetime.now(UTC),
                 max_skew=self.clock_skew,
@@ -312,7 +324,8 @@ class Identity(RequestStage):
                 return str(exc)
 
         try:
-            params = sts.parse_params(flow.request.raw_content or b"", split_path(flow.request)[1])
+            query = agent_request_head(flow, gate)[2]
+            params = sts.parse_params(flow.request.raw_content or b"", query)
         except sts.StsError as exc:
             answer = exc.response(gate.request_id)
         else:

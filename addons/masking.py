@@ -13,57 +13,26 @@ The record's copies go to ``GateContext.record_*``: the recording addon
 stores those, never the wire bodies. Output shapes with a streaming payload
 and large responses nobody needs masked are streamed (never loaded).
 
-mitmproxy's own outputs would show what the agent and the upstream
-exchanged, including values masked only for the record, so the gateway
-refuses to start with options that print or save bodies (``flow_detail`` 3
-and above, ``save_stream_file``, ``hardump``, ``proxy_debug``) or under a
-master that keeps flows for display (mitmweb, the console). With headers
-shown (``flow_detail`` 2) the request's credential headers are replaced on
-the flow once the request has left, before mitmproxy's dumper prints it.
+What mitmproxy itself keeps and shows of the flow is ``addons.flowview``'s
+concern: it swaps the record's copies in once the wire bytes have left.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Set
-from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import exceptions, http
 
 from addons import context, settings
 from addons.aws import detectors, models, redact
 from addons.aws.wiredoc import WireError
 from addons.context import GateContext, Operation
 from addons.hooks import fail_closed
-from addons.store import sanitize
 
 logger = logging.getLogger("awsgate")
 
 DEFAULT_STREAM_THRESHOLD = 1024 * 1024
-_OUTPUT_OPTIONS = frozenset({"flow_detail", "save_stream_file", "hardump", "proxy_debug"})
-
-
-def leaky_outputs(options: Any, master: Any) -> list[str]:
-    """mitmproxy outputs that would show bodies or credentials the gateway must not leak."""
-    problems = []
-    if getattr(options, "flow_detail", 0) >= 3:
-        problems.append("flow_detail >= 3 prints bodies (use 2 or less)")
-    if getattr(options, "save_stream_file", None):
-        problems.append("save_stream_file writes whole flows (use `awsgate sessions export`)")
-    if getattr(options, "hardump", None):
-        problems.append("hardump writes whole flows")
-    if getattr(options, "proxy_debug", False):
-        problems.append("proxy_debug logs raw connection data")
-    if master is not None and master.addons.get("view") is not None:
-        problems.append("mitmweb and the mitmproxy console keep whole flows; run mitmdump")
-    return problems
-
-
-def redact_credential_headers(headers: http.Headers) -> None:
-    """Replace credential header values on a flow whose request has already left."""
-    for name in list(headers.keys()):
-        if name.lower() in sanitize.CREDENTIAL_HEADERS:
-            headers[name] = sanitize.REDACTED
 
 
 def wire_protocol(operation: Operation) -> str:
@@ -76,13 +45,6 @@ class Masking:
         self.stream_threshold = DEFAULT_STREAM_THRESHOLD
 
     def configure(self, updated: Set[str]) -> None:
-        if updated & _OUTPUT_OPTIONS or settings.OPTION in updated:
-            problems = leaky_outputs(ctx.options, ctx.master)
-            if problems:
-                raise exceptions.OptionsError(
-                    "awsgate: refusing to start, these mitmproxy outputs would show masked "
-                    "values and credentials: " + "; ".join(problems)
-                )
         gateway_config = settings.reloaded(updated)
         if gateway_config is None:
             return
@@ -152,8 +114,6 @@ class Masking:
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
-        # The request has left: mitmproxy's dumper (after us) prints these headers.
-        redact_credential_headers(flow.request.headers)
         gate = context.find(flow)
         response = flow.response
         if gate is None or response is None:
@@ -214,11 +174,3 @@ class Masking:
 
     def _scrub(self, body: bytes | None) -> bytes | None:
         return self.detectors.scrub_bytes(body) if body else body
-
-    # -- what mitmproxy prints on failures ---------------------------------------
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        redact_credential_headers(flow.request.headers)
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        redact_credential_headers(flow.request.headers)

@@ -14,6 +14,7 @@ from typing import Any
 
 from mitmproxy import http
 
+import addons.flowview
 import addons.recording
 import addons.rules
 import addons.scope
@@ -35,6 +36,7 @@ def _faulty(stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 TARGETS = {
     "scope": (addons.scope, "should_stream"),
+    "flowview": (addons.flowview, "take_agent_auth"),
     "identity": (sigv4, "parse_auth"),
     "operation": (operations, "resolve"),
     "policy": (addons.rules, "evaluate"),

@@ -14,7 +14,7 @@ from tests.e2e.conftest import HERE, gateway_settings
 
 pytestmark = pytest.mark.e2e
 
-REQUEST_STAGES = ["scope", "identity", "operation", "policy", "signing", "recording"]
+REQUEST_STAGES = ["scope", "flowview", "identity", "operation", "policy", "signing", "recording"]
 
 
 @pytest.fixture(scope="module")

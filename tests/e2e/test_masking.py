@@ -291,7 +291,7 @@ def test_gateway_refuses_to_start_with_outputs_that_show_bodies(
         gateway.stop()
     assert code != 0
     log = gateway.log_text()
-    assert "awsgate: refusing to start" in log
+    assert "awsgate: refusing to run" in log
     assert "flow_detail >= 3" in log and "save_stream_file" in log
     saved = tmp_path / "flows.out"  # mitmproxy opens it before the gateway refuses
     assert not saved.exists() or saved.stat().st_size == 0

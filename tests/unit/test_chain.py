@@ -19,6 +19,7 @@ def test_chain_order_matches_the_design() -> None:
         "Settings",
         "JsonLogs",
         "Scope",
+        "FlowView",
         "Identity",
         "OperationResolver",
         "Policy",
