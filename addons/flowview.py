@@ -93,8 +93,8 @@ def show_record_request(request: http.Request, gate: GateContext | None) -> None
 
 
 def _show(message: http.Message, record_body: bytes | None) -> None:
-    if message.raw_content is None:
-        return  # streamed: never held
+    if message.raw_content is None or message.raw_content == record_body:
+        return  # streamed (never held), or nothing masked
     # No record body (unparsable, or refused unread): an empty one.
     message.content = record_body or b""
 
