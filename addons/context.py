@@ -120,6 +120,11 @@ class GateContext:
         return self.refusal is not None
 
     @property
+    def forwarded(self) -> bool:
+        """Signed and sent on: its response comes from AWS, not from the gateway."""
+        return self.signed and self.refusal is None
+
+    @property
     def outcome(self) -> str:
         """allow, deny, review, refused-identity or error: the call's outcome as the
         record, the metrics and the logs name it."""

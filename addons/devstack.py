@@ -153,11 +153,13 @@ class Moto:
     def running(cls, log_dir: Path) -> Iterator[Moto]:
         port = free_port()
         log = (log_dir / "moto.log").open("wb")
+        # moto's server with addons/devstack_moto.py's fix for bodiless requests (Lambda GETs)
         process = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "addons.devstack_moto", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=base_env(),
+            cwd=ROOT,
         )
         try:
             wait_for_port(port, process)

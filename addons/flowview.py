@@ -1,9 +1,10 @@
 """What mitmproxy keeps of an AWS call: nothing the record may not keep.
 
 mitmweb and the console keep every flow in memory, push its headers to their
-UI after each of its hooks, and serve its bodies on demand; mitmdump prints headers at ``response`` (``flow_detail`` 2). mitmproxy
-sends the flow's own request and response, so the agent's bytes must be on the
-flow while they are in flight, and only then:
+UI after each of its hooks, and serve its bodies on demand; mitmdump prints
+headers at ``response`` (``flow_detail`` 2). mitmproxy sends the flow's own
+request and response, so the agent's bytes must be on the flow while they are
+in flight, and only then:
 
 - the agent's credentials (auth headers, presigned query) are taken off the
   flow as it arrives, before anything shows it; identity reads them from the
@@ -82,12 +83,29 @@ def take_agent_auth(request: http.Request) -> AgentAuth | None:
     return taken
 
 
-def show_record_request(request: http.Request, gate: GateContext | None) -> None:
-    """The request has left (or never will): the flow shows what the record keeps."""
+def agent_request_head(flow: http.HTTPFlow, gate: GateContext) -> tuple[http.Headers, str, str]:
+    """Headers, path and query as the agent signed them: the flow no longer shows its
+    credentials."""
+    auth = gate.agent_auth
+    if auth is None:
+        headers, raw_path = flow.request.headers, flow.request.path
+    else:
+        headers, raw_path = http.Headers(auth.header_fields), auth.path
+    path, _, query = raw_path.partition("?")
+    return headers, path, query
+
+
+def redact_credential_headers(request: http.Request) -> None:
+    """Replace credential header values on a request that has left (or never will)."""
     for name in list(request.headers.keys()):
         if name.lower() in sanitize.CREDENTIAL_HEADERS:
             request.headers[name] = sanitize.REDACTED
-    if gate is not None and not gate.request_shown_as_recorded:
+
+
+def show_record_request(request: http.Request, gate: GateContext) -> None:
+    """The request has left (or never will): the flow shows what the record keeps."""
+    redact_credential_headers(request)
+    if not gate.request_shown_as_recorded:
         gate.request_shown_as_recorded = True
         _show(request, gate.record_request_body)
 
@@ -126,7 +144,9 @@ class FlowView:
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        show_record_request(flow.request, context.find(flow))
+        gate = context.find(flow)
+        if gate is not None and gate.forwarded:  # the request has left
+            show_record_request(flow.request, gate)
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
@@ -136,11 +156,13 @@ class FlowView:
         self._finish(flow)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        show_record_request(flow.request, None)
+        redact_credential_headers(flow.request)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        # mitmdump's dumper prints the headers after this hook; the bodies wait for
+        # the rest of the chain (the record of a refused call reads its request).
+        redact_credential_headers(flow.request)
         gate = context.find(flow)
-        show_record_request(flow.request, gate)  # covers calls the gateway answered itself
         if gate is not None:
             deadline = time.monotonic() + SEND_WAIT
             asyncio.get_running_loop().call_soon(_after_send, flow, gate, deadline)
@@ -158,6 +180,7 @@ def _after_send(flow: http.HTTPFlow, gate: GateContext, deadline: float) -> None
     if flow.live and time.monotonic() < deadline:
         asyncio.get_running_loop().call_later(SEND_POLL, _after_send, flow, gate, deadline)
         return
+    show_record_request(flow.request, gate)
     if flow.response is not None:
         _show(flow.response, gate.record_response_body)
     flow.metadata[context.METADATA_KEY] = summary(flow, gate)

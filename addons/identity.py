@@ -28,6 +28,7 @@ from addons import settings
 from addons.auth import oidc, sessions, sts
 from addons.aws import endpoints, sigv4
 from addons.context import GateContext, Operation, Principal, Refusal
+from addons.flowview import agent_request_head
 from addons.hooks import RequestStage, deny, fail_closed, split_path
 from addons.store import db, revocations
 
@@ -167,18 +168,6 @@ class Admission:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
-
-
-def agent_request_head(flow: http.HTTPFlow, gate: GateContext) -> tuple[http.Headers, str, str]:
-    """Headers, path and query as the agent signed them: the flow no longer shows its
-    credentials (``addons.flowview``)."""
-    auth = gate.agent_auth
-    if auth is None:
-        headers, raw_path = flow.request.headers, flow.request.path
-    else:
-        headers, raw_path = http.Headers(auth.header_fields), auth.path
-    path, _, query = raw_path.partition("?")
-    return headers, path, query
 
 
 class Identity(RequestStage):

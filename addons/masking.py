@@ -92,7 +92,7 @@ class Masking:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         gate = context.find(flow)
         response = flow.response
-        if gate is None or response is None or not self._forwarded(gate):
+        if gate is None or response is None or not gate.forwarded:
             return  # answered by the gateway: already in memory
         response.stream = self._should_stream(gate, response)
 
@@ -160,17 +160,13 @@ class Masking:
         operation = gate.operation
         if operation is None or not operation.known:
             return []
-        if not self._forwarded(gate):
+        if not gate.forwarded:
             # Minted by the gateway for this agent: it needs them; the record must not keep them.
             return redact.builtin_rules(operation.action, "response", scope="record")
         rules = redact.builtin_rules(operation.action, "response")
         for mask in gate.masks:
             rules.extend(redact.FieldRule(path, mask.name, mask.scope) for path in mask.fields)
         return rules
-
-    @staticmethod
-    def _forwarded(gate: GateContext) -> bool:
-        return gate.signed and gate.refusal is None
 
     def _scrub(self, body: bytes | None) -> bytes | None:
         return self.detectors.scrub_bytes(body) if body else body

@@ -25,7 +25,8 @@ from mitmproxy import http
 from addons import context, settings
 from addons.aws import operations
 from addons.context import GateContext, Operation
-from addons.hooks import RequestStage, deny, fail_closed, split_path
+from addons.flowview import agent_request_head
+from addons.hooks import RequestStage, deny, fail_closed
 from addons.store import db
 from addons.store.records import CallOutcome, CallRecord
 from addons.store.writer import RecordWriter
@@ -104,9 +105,9 @@ def attempted_operation(flow: http.HTTPFlow, gate: GateContext) -> Operation | N
     never masked, so they are left out.
     """
     request = flow.request
-    path, query = split_path(request)
+    headers, path, query = agent_request_head(flow, gate)
     raw = operations.RawRequest(
-        request.method, request.host, path, query, request.headers,
+        request.method, request.host, path, query, headers,
         None if gate.streamed else request.raw_content,
     )  # fmt: skip
     service, region = gate.credential_scope or (None, None)
@@ -152,7 +153,7 @@ def call_record(flow: http.HTTPFlow, gate: GateContext) -> CallRecord:
 
 def call_outcome(flow: http.HTTPFlow, gate: GateContext, error: str | None = None) -> CallOutcome:
     response = flow.response
-    forwarded = gate.signed and response is not None and gate.refusal is None
+    forwarded = gate.forwarded and response is not None
     ended = (response.timestamp_end if response else None) or time.time()
     sent, received = streamed_digest(flow.request), streamed_digest(response)
     if received is not None:

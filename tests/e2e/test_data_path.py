@@ -132,21 +132,12 @@ def test_ec2_describe(agent: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _moto_rejects_lambda_gets(moto: harness.Moto) -> bool:
-    try:
-        moto.client("lambda").list_functions()
-    except ClientError as exc:
-        return "SignatureDoesNotMatch" in str(exc)  # moto answers in XML, so no parsed code
-    return False
-
-
-def test_lambda_list(agent: dict[str, str], moto: harness.Moto) -> None:
-    """moto 5.2 rejects every Lambda GET with auth on, even signed by botocore itself
-    straight to moto; the gateway's canonical request for them is checked against
-    botocore in the sigv4 unit tests. When moto is fixed this runs for real."""
-    if _moto_rejects_lambda_gets(moto):
-        pytest.xfail("moto rejects botocore's own signature on Lambda GETs")
+def test_lambda_list(agent: dict[str, str]) -> None:
+    """moto runs with addons/devstack_moto.py's fix: moto 5.2.5 verifies bodiless requests
+    (every Lambda GET) against a body nobody sent, refusing botocore's own signature."""
     assert "Functions" in harness.agent_client(agent, "lambda").list_functions()
+    done = harness.aws_cli(agent, "lambda", "list-functions")
+    assert done.returncode == 0, done.stderr
 
 
 def test_agent_credentials_are_refused_by_aws(agent: dict[str, str], moto: harness.Moto) -> None:

@@ -15,8 +15,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons import context, settings
 from addons.context import METADATA_KEY, GateContext
-from addons.flowview import SEND_POLL, FlowView, leaky_outputs
-from addons.identity import agent_request_head
+from addons.flowview import SEND_POLL, FlowView, agent_request_head, leaky_outputs
 
 SIGNATURE = "AWS4-HMAC-SHA256 Credential=ASIAEXAMPLE/20260101/us-east-1/sts/aws4_request, x"
 TOKEN = "token-0d6f3c8a-flowview"
@@ -90,6 +89,7 @@ def test_once_the_request_left_the_flow_shows_the_record_copy() -> None:
     flow.request.content = b'{"SecretString": "s3cr3t"}'
     flow.request.headers["X-Amz-Server-Side-Encryption-Customer-Key"] = "customer key"
     gate.record_request_body = b'{"SecretString": "[masked]"}'
+    gate.signed = True
     flow.response = tflow.tresp()
     FlowView().responseheaders(flow)
     assert flow.request.content == gate.record_request_body
@@ -98,10 +98,24 @@ def test_once_the_request_left_the_flow_shows_the_record_copy() -> None:
 
 
 def test_a_body_the_record_does_not_keep_is_not_shown() -> None:
-    flow, _ = aws_flow()
+    flow, gate = aws_flow()
     flow.request.content = b"unparsed"
+    gate.signed = True
     FlowView().responseheaders(flow)
     assert flow.request.raw_content == b""
+
+
+def test_a_call_the_gateway_answered_keeps_its_request_until_the_chain_is_done() -> None:
+    """mitmproxy emulates responseheaders for a response set in the request hook: the
+    request never left, and the record of a refused call still reads it."""
+    flow, _ = aws_flow(Authorization="agent signature")
+    flow.request.content = b"Action=GetCallerIdentity"
+    flow.response = tflow.tresp()  # a refusal
+    FlowView().responseheaders(flow)
+    assert flow.request.content == b"Action=GetCallerIdentity"
+    hooks_then_send(flow, lambda: FlowView().response(flow))
+    assert flow.request.content == b""  # then the record's copy: none for a refusal
+    assert flow.request.headers["Authorization"] == "[redacted]"
 
 
 def test_after_the_send_the_response_shows_the_record_copy_and_a_summary() -> None:
