@@ -110,7 +110,8 @@ class JsonLogs:
             self.handler = None
 
     def _enter(self, flow: http.HTTPFlow) -> None:
-        _current.set(flow)
+        if self.handler is not None:  # only the JSON formatter reads it
+            _current.set(flow)
 
     # Every flow event: the addons after this one log within the same call.
     @fail_closed

@@ -67,6 +67,7 @@ class GatewayMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.replica = replica
+        self._by_outcome: dict[str, Counter] = {}
         # Calls sent for review whose flow is not over, kept weakly: a flow mitmproxy
         # drops without an end event must not hold the gauge up forever.
         # (Keyed by id: the context is a dataclass, equal by value, so not hashable.)
@@ -86,7 +87,13 @@ class GatewayMetrics:
 
     def finished(self, gate: GateContext, seconds: float) -> None:
         self._under_review.pop(id(gate), None)
-        self.requests.labels(replica=self.replica, decision=gate.outcome).inc()
+        outcome = gate.outcome
+        counter = self._by_outcome.get(outcome)
+        if counter is None:  # labels() takes a lock and builds a key: once per outcome
+            counter = self._by_outcome[outcome] = self.requests.labels(
+                replica=self.replica, decision=outcome
+            )
+        counter.inc()
         self.latency.observe(max(0.0, seconds))
         if gate.store_failed:
             self.store_errors.inc()

@@ -35,6 +35,7 @@ KEY_BYTES = 32
 TOKEN_VERSION = 1
 MAC_BYTES = 32
 MAX_TOKEN_LENGTH = 8 * 1024
+OPENED_CACHE_SIZE = 4096  # sessions kept opened (an agent's credentials, while in use)
 MIN_DURATION = 900
 DEFAULT_DURATION = 3600
 
@@ -201,13 +202,22 @@ class SessionInfo:
 
 
 class SessionMinter:
-    """Mints and opens session credentials with one master key."""
+    """Mints and opens session credentials with one master key.
 
-    def __init__(self, key: bytes) -> None:
+    An agent signs every call with the same credentials for an hour or more, so
+    opened sessions are kept (bounded, by access key id and token; expiry is still
+    checked on every call): checking the token's MAC and deriving the secret once
+    per session instead of once per call.
+    """
+
+    def __init__(self, key: bytes, cache_size: int = OPENED_CACHE_SIZE) -> None:
         if len(key) < KEY_BYTES:
             raise SessionKeyError(f"the session key must have at least {KEY_BYTES} bytes")
-        self._token_key = _derive(key, b"awsgate session token v1")
-        self._secret_key = _derive(key, b"awsgate session secret v1")
+        # Keyed HMAC states, copied per use: keying hashes the key each time.
+        self._token_mac = hmac.new(_derive(key, b"awsgate session token v1"), None, "sha256")
+        self._secret_mac = hmac.new(_derive(key, b"awsgate session secret v1"), None, "sha256")
+        self._cache_size = cache_size
+        self._opened: dict[tuple[str, str], tuple[SessionInfo, str, float]] = {}
 
     def mint(
         self,
@@ -236,7 +246,7 @@ class SessionMinter:
             "c": session_claims(claims or {}),
         }
         body = bytes([TOKEN_VERSION]) + json.dumps(payload, separators=(",", ":")).encode()
-        mac = hmac.new(self._token_key, body, hashlib.sha256).digest()
+        mac = self._mac(self._token_mac, body)
         token = base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
         return MintedCredentials(
             access_key_id=access_key_id,
@@ -251,16 +261,30 @@ class SessionMinter:
     ) -> tuple[SessionInfo, str]:
         """The session behind these credentials and its secret access key; raises SessionError."""
         now = time.time() if now is None else now
+        key = (access_key_id, session_token)
+        opened = self._opened.get(key)
+        if opened is None:
+            opened = self._open(access_key_id, session_token)
+            if len(self._opened) >= self._cache_size:
+                self._opened.pop(next(iter(self._opened)), None)  # the oldest entry
+            self._opened[key] = opened
+        info, secret, expires = opened
+        if now >= expires:
+            raise SessionError("session expired")
+        return info, secret
+
+    def _open(self, access_key_id: str, session_token: str) -> tuple[SessionInfo, str, float]:
         payload = self._verified_payload(session_token)
         try:
             bound_key = payload["a"]
+            expires = payload["e"]
             info = SessionInfo(
                 issuer=payload["i"],
                 subject=payload["s"],
                 groups=frozenset(payload["g"]),
                 role=payload["r"],
                 session_id=payload["d"],
-                expiration=datetime.fromtimestamp(payload["e"], UTC),
+                expiration=datetime.fromtimestamp(expires, UTC),
                 claims=payload["c"],
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -269,9 +293,7 @@ class SessionMinter:
             raise SessionError("invalid session token")
         if not hmac.compare_digest(bound_key.encode(), access_key_id.encode()):
             raise SessionError("access key does not match session")
-        if now >= payload["e"]:
-            raise SessionError("session expired")
-        return info, self._secret(access_key_id, session_token)
+        return info, self._secret(access_key_id, session_token), float(expires)
 
     def _verified_payload(self, session_token: str) -> dict[str, Any]:
         if not isinstance(session_token, str) or len(session_token) > MAX_TOKEN_LENGTH:
@@ -281,7 +303,7 @@ class SessionMinter:
         except (binascii.Error, ValueError) as exc:
             raise SessionError("invalid session token") from exc
         body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        expected = hmac.new(self._token_key, body, hashlib.sha256).digest()
+        expected = self._mac(self._token_mac, body)
         if len(body) < 2 or not hmac.compare_digest(mac, expected) or body[0] != TOKEN_VERSION:
             raise SessionError("invalid session token")
         try:
@@ -294,10 +316,14 @@ class SessionMinter:
 
     def _secret(self, access_key_id: str, session_token: str) -> str:
         digest = hashlib.sha256(session_token.encode()).digest()
-        material = hmac.new(
-            self._secret_key, access_key_id.encode() + b"\0" + digest, hashlib.sha256
-        ).digest()
+        material = self._mac(self._secret_mac, access_key_id.encode() + b"\0" + digest)
         return base64.b64encode(material[:30]).decode()
+
+    @staticmethod
+    def _mac(keyed: hmac.HMAC, message: bytes) -> bytes:
+        mac = keyed.copy()
+        mac.update(message)
+        return mac.digest()
 
 
 def _derive(key: bytes, label: bytes) -> bytes:

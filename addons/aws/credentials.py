@@ -39,6 +39,9 @@ class UpstreamCredentials:
         self.endpoint_url = endpoint_url
         self._sessions: dict[str | None, boto3.Session] = {}
         self._assumed: dict[tuple[str, str], tuple[Credentials, float]] = {}
+        # The last credentials read per profile, as read and as signed with: refreshable
+        # credentials give new values when they rotate, and are converted again then.
+        self._converted: dict[str | None, tuple[object, Credentials]] = {}
         self._lock = threading.Lock()
 
     def needs_network(self, role: str | None, subject: str) -> bool:
@@ -68,7 +71,13 @@ class UpstreamCredentials:
             where = f"profile {profile!r}" if profile else "the gateway's credential chain"
             raise CredentialsUnavailable(f"awsgate: no upstream AWS credentials in {where}")
         frozen = found.get_frozen_credentials()
-        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        cached = self._converted.get(profile)
+        if cached is None or cached[0] != frozen:
+            cached = self._converted[profile] = (
+                frozen,
+                Credentials(frozen.access_key, frozen.secret_key, frozen.token),
+            )
+        return cached[1]
 
     def _assume(self, role_config: RoleConfig, subject: str) -> Credentials:
         key = (role_config.name, subject)

@@ -129,6 +129,30 @@ def _candidates(
     signing_service: str | None, endpoint: endpoints.Endpoint | None
 ) -> list[_ServiceIndex]:
     """Services that may have received the request, the host's own first."""
+    if len(signing_service or "") > _MAX_NAME or len(_candidates_cache) >= _MAX_CANDIDATE_KEYS:
+        return _find_candidates(signing_service, endpoint)  # hostile input: never cached
+    key = (
+        (signing_service, endpoint.endpoint_prefix, endpoint.services)
+        if endpoint
+        else signing_service
+    )
+    found = _candidates_cache.get(key)
+    if found is None:
+        found = _candidates_cache[key] = tuple(_find_candidates(signing_service, endpoint))
+    return list(found)
+
+
+# By signing name and what the host names (its service label and services): the only
+# parts of the endpoint the choice reads. Signing names come from the agent's signature,
+# so the cache is bounded.
+_candidates_cache: dict[object, tuple[_ServiceIndex, ...]] = {}
+_MAX_CANDIDATE_KEYS = 4096
+_MAX_NAME = 64
+
+
+def _find_candidates(
+    signing_service: str | None, endpoint: endpoints.Endpoint | None
+) -> list[_ServiceIndex]:
     by_signing = models.services_by_signing_name().get(signing_service or "", ())
     by_host = endpoint.services if endpoint else ()
     if by_signing and by_host:

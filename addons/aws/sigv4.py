@@ -130,21 +130,33 @@ def is_s3_style(service: str) -> bool:
     return service in S3_SIGNING_NAMES
 
 
+# The last mitmproxy header fields decoded, and their pairs. One request's head is read
+# by identity (parse, verify), operation and signing in turn; its ``fields`` tuple is
+# immutable and replaced on every change, so the same tuple object means the same pairs
+# (the reference held here keeps its id from being reused).
+_last_decoded: tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[str, str], ...]] = ((), ())
+
+
 def header_pairs(headers: Headers) -> list[tuple[str, str]]:
     """``(lowercase name, value)`` for every header field, repeated fields kept.
 
     Accepts a list of pairs, a plain dict, or a case-insensitive multi-dict with
     ``get_all`` (mitmproxy's and botocore's header classes).
     """
+    global _last_decoded
     fields = getattr(headers, "fields", None)
     if isinstance(fields, tuple):  # mitmproxy's Headers: the raw byte pairs, read directly
-        return [
-            (
-                name.decode("utf-8", "surrogateescape").lower(),
-                value.decode("utf-8", "surrogateescape"),
+        cached_fields, pairs = _last_decoded
+        if cached_fields is not fields:
+            pairs = tuple(
+                (
+                    name.decode("utf-8", "surrogateescape").lower(),
+                    value.decode("utf-8", "surrogateescape"),
+                )
+                for name, value in fields
             )
-            for name, value in fields
-        ]
+            _last_decoded = (fields, pairs)
+        return list(pairs)
     if not hasattr(headers, "items"):
         return [(name.lower(), value) for name, value in headers]
     get_all = getattr(headers, "get_all", None)

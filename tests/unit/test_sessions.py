@@ -172,6 +172,28 @@ def test_expired_session_refused(minter: SessionMinter) -> None:
         minter.open(minted.access_key_id, minted.session_token, now=NOW + 900)
 
 
+def test_an_opened_session_still_checks_key_token_and_expiry(minter: SessionMinter) -> None:
+    minted, other = mint(minter, duration=900), mint(minter)
+    info, secret = minter.open(minted.access_key_id, minted.session_token, now=NOW)
+    assert minter.open(minted.access_key_id, minted.session_token, now=NOW + 1) == (info, secret)
+    with pytest.raises(SessionError, match=r"^access key does not match session$"):
+        minter.open(other.access_key_id, minted.session_token, now=NOW)
+    with pytest.raises(SessionError, match=r"^invalid session token$"):
+        minter.open(minted.access_key_id, _flip(minted.session_token, 40), now=NOW)
+    with pytest.raises(SessionError, match=r"^session expired$"):
+        minter.open(minted.access_key_id, minted.session_token, now=NOW + 900)
+
+
+def test_opened_sessions_are_bounded() -> None:
+    minter = SessionMinter(KEY, cache_size=2)
+    sessions = [mint(minter) for _ in range(3)]
+    for _ in range(2):
+        for minted in sessions:
+            info, secret = minter.open(minted.access_key_id, minted.session_token, now=NOW)
+            assert (info.session_id, secret) == (minted.session_id, minted.secret_access_key)
+    assert len(minter._opened) == 2
+
+
 def test_token_stays_small_with_many_claims(minter: SessionMinter) -> None:
     claims = {f"claim_{index:03}": "v" * 200 for index in range(100)}
     claims["nested"] = {"deep": "x"}

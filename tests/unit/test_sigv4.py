@@ -36,6 +36,7 @@ from addons.aws.sigv4 import (
     agent_payload_hash,
     canonical_query,
     canonical_uri,
+    header_pairs,
     is_s3_style,
     parse_amz_date,
     parse_auth,
@@ -1101,3 +1102,20 @@ def test_moto_rejects_a_wrong_secret(moto):
     body = b"Action=GetCallerIdentity&Version=2011-06-15"
     status, _ = send_signed(moto, "POST", STS_HOST, "/", "", FORM, body, "sts", creds=wrong)
     assert status == 403
+
+
+def test_header_pairs_follow_every_change_of_mitmproxy_headers() -> None:
+    headers = MitmHeaders(host="example.amazonaws.com", **{"X-Amz-Date": "20150830T123600Z"})
+    assert header_pairs(headers) == [
+        ("host", "example.amazonaws.com"),
+        ("x-amz-date", "20150830T123600Z"),
+    ]
+    headers["X-Amz-Date"] = "20150830T123700Z"
+    headers.add("X-Extra", "a")
+    assert header_pairs(headers) == [
+        ("host", "example.amazonaws.com"),
+        ("x-amz-date", "20150830T123700Z"),
+        ("x-extra", "a"),
+    ]
+    header_pairs(headers).clear()  # a caller's list is its own
+    assert len(header_pairs(headers)) == 3
