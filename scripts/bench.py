@@ -99,7 +99,7 @@ NO_STORE_SCRIPT = '''\
 from addons.store import writer
 
 
-def _write(self, ops):
+def _write(self, ops, *_args, **_kwargs):
     for op in ops:
         op.future.set_result(op.request_id or "")
 

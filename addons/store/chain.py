@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, union, update
@@ -48,6 +49,46 @@ def canonical(row: Mapping[str, Any]) -> bytes:
 def record_hash(row: Mapping[str, Any]) -> str:
     """The hash of a record whose ``chain_id``, ``chain_seq`` and ``prev_hash`` are set."""
     return hashlib.sha256(canonical(row)).hexdigest()
+
+
+# canonical()'s own encoder, built once; and its object keys, in the order it sorts them.
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_SORTED_KEYS = tuple((name, encode_basestring(name) + ":") for name in sorted(HASHED_COLUMNS))
+
+
+def canonical_json(value: Any) -> str:
+    """A field's part of ``canonical``: how it is serialised inside the record's JSON."""
+    return _CANONICAL_JSON.encode(value)
+
+
+def prepared_hash(row: Mapping[str, Any], encoded: Mapping[str, str]) -> str:
+    """``record_hash(row)`` for a row whose JSON fields are serialised already.
+
+    ``encoded[name]`` is ``canonical_json`` of field ``name``'s value, and stands in
+    for ``row[name]`` (the writer keeps JSON columns as the text it stores).
+    The bytes hashed are exactly ``canonical``'s, built field by field, so that
+    each JSON value is serialised once for storing and hashing alike.
+    """
+    parts = []
+    for name, key in _SORTED_KEYS:
+        value = row.get(name)
+        if value is None:
+            continue
+        piece = encoded.get(name)
+        if piece is None:
+            kind = type(value)
+            if kind is str:
+                piece = encode_basestring(value)
+            elif kind is int:
+                piece = int.__repr__(value)
+            elif kind is bytes or kind is memoryview or kind is bytearray:
+                piece = '"sha256:' + hashlib.sha256(value).hexdigest() + '"'
+            elif kind is datetime:
+                piece = '"' + value.astimezone(UTC).isoformat(timespec="microseconds") + '"'
+            else:
+                piece = _CANONICAL_JSON.encode(value)
+        parts.append(key + piece)
+    return hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()
 
 
 def load_head(connection: Connection, chain_id: str) -> tuple[int, str]:

@@ -62,8 +62,11 @@ def headers(pairs: Iterable[Sequence[str]] | None) -> list[list[str]]:
     """Header pairs as ``[name, value]`` lists with credential values replaced."""
     cleaned = []
     for name, value in pairs or ():
-        name, value = text(str(name)), text(str(value))
-        cleaned.append([name, REDACTED if name.lower() in CREDENTIAL_HEADERS else value])
+        name = text(name if type(name) is str else str(name))
+        if name.lower() in CREDENTIAL_HEADERS:
+            cleaned.append([name, REDACTED])
+        else:
+            cleaned.append([name, text(value if type(value) is str else str(value))])
     return cleaned
 
 
@@ -110,8 +113,15 @@ def json_safe(value: Any, redact_keys: frozenset[str] = frozenset()) -> Any:
 
 
 def text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; an agent could send one in any field.
-    return value.replace("\x00", "\ufffd")
+    """``value`` storable as text: NUL (PostgreSQL text cannot hold it) and lone surrogates
+    (not UTF-8; mitmproxy decodes undecodable header bytes to them) become U+FFFD."""
+    if value.isascii():
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+# An agent can send either in any field.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 # Credential values inside API bodies: STS/IAM XML and JSON answers, form-encoded requests.
@@ -133,8 +143,15 @@ def _redact_body_secret(match: re.Match[bytes]) -> bytes:
     return match["form"] + REDACTED.encode()
 
 
+# Every match names one of these; looking for them first is much cheaper than the pattern.
+_BODY_SECRET_NAMES = (b"secretaccesskey", b"sessiontoken", b"webidentitytoken", b"samlassertion")
+
+
 def body_secrets(content: bytes) -> bytes:
     """``content`` with credential values in XML, JSON or form bodies replaced."""
+    lowered = content.lower()
+    if not any(name in lowered for name in _BODY_SECRET_NAMES):
+        return content
     return _BODY_SECRETS.sub(_redact_body_secret, content)
 
 

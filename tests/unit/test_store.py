@@ -845,3 +845,128 @@ def test_search_filters(writer: RecordWriter, engine: Engine) -> None:
     assert search(principal=queries.PrincipalFilter.parse("alice")) == ["lambda:Invoke"]
     limited = list(queries.search_calls(engine, queries.CallQuery(), limit=2))
     assert len(limited) == 2
+
+
+# -- a cheap writer: shared commits, counts summed in memory, outcomes retried --------
+
+
+def test_the_writers_hash_is_the_one_verify_computes() -> None:
+    row: dict[str, Any] = {
+        "request_id": "r-1",
+        "time": datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        "duration_ms": 12.5,
+        "subject": 'ünïcode \u2028 "quoted" \\ back\tslash',
+        "groups": ["b", "a"],
+        "parameters": {"Z": 1, "a": {"y": [1.5, True, None, -0.0], "b": "x"}, "n": 2**70},
+        "request_body": b"\x00\xff",
+        "response_body": memoryview(b"abc"),
+        "status": 200,
+        "chain_seq": 3,
+        "prev_hash": chain.GENESIS,
+        "masked": [],
+        "error": None,
+    }
+    encoded = {name: chain.canonical_json(row[name]) for name in ("groups", "parameters", "masked")}
+    assert chain.prepared_hash(row, encoded) == chain.record_hash(row)
+    assert chain.prepared_hash(row, {}) == chain.record_hash(row)
+
+
+def test_an_outcome_waits_for_the_next_begin_and_shares_its_commit(store_url: str) -> None:
+    with RecordWriter(store_url, linger=WAIT) as writer:  # only a begin (or close) ends the wait
+        first, second = call(), call()
+        done(writer.begin(first))
+        commits: list[int] = []
+        event.listen(writer._engine, "commit", lambda _connection: commits.append(1))
+        finished = writer.finish(first.request_id, outcome())
+        time.sleep(0.2)
+        assert not finished.done()
+        done(writer.begin(second))
+        assert done(finished)
+        assert len(commits) == 1
+
+
+def test_session_counts_are_written_when_the_writer_is_idle_or_closes(
+    store_url: str, engine: Engine
+) -> None:
+    def counts(session_id: str) -> tuple[int, int] | None:
+        found = queries.get_session(engine, session_id)
+        return None if found is None else (found["calls"], found["allowed"])
+
+    # Busy (each outcome rides with the next begin): the counts wait, here until close.
+    with RecordWriter(store_url, linger=WAIT, session_interval=WAIT) as writer:
+        first, second = call(session_id="busy"), call(session_id="busy")
+        done(writer.begin(first))
+        finished = writer.finish(first.request_id, outcome())
+        done(writer.begin(second))
+        done(finished)
+        assert counts("busy") is None
+    assert counts("busy") == (2, 1)
+
+    # Idle (no begin came while the outcome waited): written with that outcome.
+    with RecordWriter(store_url, linger=0.01, session_interval=WAIT) as writer:
+        write_calls(writer, 2, session_id="idle")
+        assert counts("idle") == (2, 2)
+        assert counts("busy") == (2, 1)
+
+
+def test_an_outcome_is_written_once_the_store_is_back(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    with RecordWriter(url) as writer:
+        record = call()
+        done(writer.begin(record))
+        aside = path.with_name("aside.sqlite")
+        path.rename(aside)
+        path.mkdir()
+        try:
+            finished = writer.finish(record.request_id, outcome())
+            assert "was replaced" in str(failure(writer.begin(call())))
+            assert not finished.done()
+        finally:
+            path.rmdir()
+            aside.rename(path)
+        assert done(finished)
+    engine = open_engine(url)
+    try:
+        report = chain.verify(engine)
+        assert (report.ok, report.records, report.unfinished) == (True, 1, 0)
+    finally:
+        engine.dispose()
+
+
+def test_unstorable_characters_are_replaced_and_parameters_keep_their_order(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    record = call(
+        subject="agent\x00one",
+        request_headers=[("X-Odd", "byte \udcff here"), ("User-Agent", "ua")],
+        parameters={"Zeta": 1, "Alpha": {"b": 2, "a": "\x00"}},
+    )
+    done(writer.begin(record))
+    done(writer.finish(record.request_id, outcome(response_headers=[("X-\udc80", "v")])))
+    (row,) = rows(engine)
+    assert row["subject"] == "agent\ufffdone"
+    assert row["request_headers"][0] == ["X-Odd", "byte \ufffd here"]
+    assert row["response_headers"] == [["X-\ufffd", "v"]]
+    assert list(row["parameters"]) == ["Zeta", "Alpha"]
+    assert row["parameters"]["Alpha"] == {"b": 2, "a": "\ufffd"}
+    assert chain.verify(engine).ok
+
+
+def test_a_second_outcome_for_a_call_fails_alone(writer: RecordWriter, engine: Engine) -> None:
+    record = call()
+    done(writer.begin(record))
+    with writer_paused(writer) as release:
+        pending = writer.begin(call())
+        assert release.entered.wait(WAIT)
+        first = writer.finish(record.request_id, outcome())
+        again = writer.finish(record.request_id, outcome(status=500))
+        other = writer.begin(call())
+        release.set()
+        done(pending)
+        done(first)
+        done(other)
+        assert "no unfinished call" in str(failure(again))
+    assert [row["status"] for row in rows(engine)] == [200, None, None]
+    assert chain.verify(engine).ok
