@@ -99,11 +99,13 @@ class Approval(RequestStage):
             self.engine.dispose()
         self.notifier.close(timeout=2)
 
+    def applies(self, gate: GateContext) -> bool:
+        decision = gate.decision
+        return decision is not None and decision.effect == "review"
+
     async def handle(self, flow: http.HTTPFlow, gate: GateContext) -> None:
         decision = gate.decision
-        if decision is None or decision.effect != "review":
-            return
-        assert self.engine is not None
+        assert self.engine is not None and decision is not None
         assert gate.principal is not None and gate.operation is not None
         call = approvals.held_call(
             gate.request_id,

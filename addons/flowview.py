@@ -43,6 +43,9 @@ from addons.store import sanitize
 # The agent's own credentials: taken off the flow on arrival. Other credential headers
 # (SSE-C keys) must reach AWS as sent and signed; they are redacted once the request left.
 AGENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-amz-security-token"})
+_AGENT_FIELDS = frozenset(name.encode() for name in AGENT_CREDENTIAL_HEADERS)
+_CREDENTIAL_FIELDS = frozenset(name.encode() for name in sanitize.CREDENTIAL_HEADERS)
+_REDACTED_FIELD = sanitize.REDACTED.encode()
 # mitmproxy writes the response out a loop turn or so after the last response hook.
 SEND_POLL = 0.01
 SEND_WAIT = 600.0
@@ -72,15 +75,25 @@ def take_agent_auth(request: http.Request) -> AgentAuth | None:
 
     Values are replaced, not removed, so the flow still shows they were sent.
     """
-    redacted_path = sanitize.url(request.path) or request.path
-    names = [name for name in request.headers if name.lower() in AGENT_CREDENTIAL_HEADERS]
-    if not names and redacted_path == request.path:
+    fields, path = request.headers.fields, request.path
+    redacted_headers = _redact_fields(request.headers, _AGENT_FIELDS)
+    redacted_path = (sanitize.url(path) or path) if "?" in path else path
+    if redacted_path != path:
+        request.path = redacted_path
+    elif not redacted_headers:
         return None
-    taken = AgentAuth(request.headers.fields, request.path)
-    for name in names:
-        request.headers[name] = sanitize.REDACTED
-    request.path = redacted_path
-    return taken
+    return AgentAuth(fields, path)
+
+
+def _redact_fields(headers: http.Headers, names: frozenset[bytes]) -> bool:
+    """Replace the values of the fields named ``names`` in one pass; whether any was there."""
+    fields = headers.fields
+    if not any(name.lower() in names for name, _ in fields):
+        return False
+    headers.fields = tuple(
+        (name, _REDACTED_FIELD if name.lower() in names else value) for name, value in fields
+    )
+    return True
 
 
 def agent_request_head(flow: http.HTTPFlow, gate: GateContext) -> tuple[http.Headers, str, str]:
@@ -97,9 +110,7 @@ def agent_request_head(flow: http.HTTPFlow, gate: GateContext) -> tuple[http.Hea
 
 def redact_credential_headers(request: http.Request) -> None:
     """Replace credential header values on a request that has left (or never will)."""
-    for name in list(request.headers.keys()):
-        if name.lower() in sanitize.CREDENTIAL_HEADERS:
-            request.headers[name] = sanitize.REDACTED
+    _redact_fields(request.headers, _CREDENTIAL_FIELDS)
 
 
 def show_record_request(request: http.Request, gate: GateContext) -> None:

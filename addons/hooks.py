@@ -26,6 +26,7 @@ logger = logging.getLogger("awsgate")
 Hook = Callable[[Any, http.HTTPFlow], Awaitable[None] | None]
 
 
+
 def refuse(flow: http.HTTPFlow, refusal: Refusal) -> None:
     """Answer the flow with an AWS-shaped error and remember why, for the record."""
     gate = context.get(flow)
@@ -60,7 +61,12 @@ def split_path(request: http.Request) -> tuple[str, str]:
 
 
 def fail_closed(hook: Hook) -> Hook:
-    """Turn an exception in ``hook`` into a refusal of the flow (or of its response)."""
+    """Turn an exception in ``hook`` into a refusal of the flow (or of its response).
+
+    ``hook`` may be a coroutine function or a plain one that returns an awaitable
+    only when it has work to do (a stage that does not apply costs no coroutine);
+    either way the exception is caught where it happens.
+    """
 
     def on_error(addon: Any, flow: http.HTTPFlow, exc: BaseException) -> None:
         name = f"{type(addon).__name__.lower()}.{hook.__name__}"
@@ -76,23 +82,20 @@ def fail_closed(hook: Hook) -> Hook:
             logger.exception("awsgate: could not render the refusal; dropping the connection")
             flow.kill()
 
-    if inspect.iscoroutinefunction(hook):
-
-        @functools.wraps(hook)
-        async def guarded_async(addon: Any, flow: http.HTTPFlow) -> None:
-            try:
-                await hook(addon, flow)  # type: ignore[misc]
-            except Exception as exc:
-                on_error(addon, flow, exc)
-
-        return guarded_async
-
-    @functools.wraps(hook)
-    def guarded(addon: Any, flow: http.HTTPFlow) -> None:
+    async def guard(addon: Any, flow: http.HTTPFlow, pending: Awaitable[None]) -> None:
         try:
-            hook(addon, flow)
+            await pending
         except Exception as exc:
             on_error(addon, flow, exc)
+
+    @functools.wraps(hook)
+    def guarded(addon: Any, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        try:
+            result = hook(addon, flow)
+        except Exception as exc:
+            on_error(addon, flow, exc)
+            return None
+        return guard(addon, flow, result) if inspect.isawaitable(result) else None
 
     return guarded
 
@@ -104,23 +107,34 @@ class RequestStage:
     the ``request`` hook runs, so their whole decision happens in
     ``requestheaders``; buffered requests wait for the body in ``request``.
     Subclasses implement ``handle``; it is skipped once the flow has a response
-    (refused, or answered by the gateway itself).
+    (refused, or answered by the gateway itself), or when ``applies`` says the
+    stage has nothing to do for this call.
     """
 
     async def handle(self, flow: http.HTTPFlow, gate: GateContext) -> None:
         raise NotImplementedError
 
-    @fail_closed
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        gate = context.find(flow)
-        if gate is not None and gate.streamed and flow.response is None:
-            await self.handle(flow, gate)
+    def applies(self, gate: GateContext) -> bool:
+        return True
 
     @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._stage(flow, streamed_phase=True)
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._stage(flow, streamed_phase=False)
+
+    def _stage(self, flow: http.HTTPFlow, streamed_phase: bool) -> Awaitable[None] | None:
         gate = context.find(flow)
-        if gate is not None and not gate.streamed and flow.response is None:
-            await self.handle(flow, gate)
+        if (
+            gate is None
+            or gate.streamed != streamed_phase
+            or flow.response is not None
+            or not self.applies(gate)
+        ):
+            return None
+        return self.handle(flow, gate)
 
 
 class ForwardGuard:

@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import time
 import weakref
-from collections.abc import Callable, Set
+from collections.abc import Awaitable, Callable, Set
 from datetime import UTC, datetime
 
 from mitmproxy import connection, exceptions, http
@@ -218,12 +218,12 @@ class Identity(RequestStage):
             self.proxy_tokens[flow.client_conn] = token
 
     @fail_closed
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # Proxy-Authorization is for this proxy: it never goes on, AWS-bound or not.
         token = proxy_token(flow.request.headers.pop("Proxy-Authorization", None))
         if token is not None:
             self.request_tokens[flow] = token
-        await super().requestheaders(flow)
+        return self._stage(flow, streamed_phase=True)
 
     async def handle(self, flow: http.HTTPFlow, gate: GateContext) -> None:
         if is_sts(flow) and gate.streamed:

@@ -13,7 +13,7 @@ from collections.abc import Set
 from mitmproxy import http, tls
 
 from addons import context, settings
-from addons.aws import endpoints
+from addons.aws import endpoints, sigv4
 from addons.hooks import fail_closed
 
 STREAMING_PAYLOADS = ("STREAMING-",)
@@ -25,7 +25,7 @@ def is_aws_host(host: str | None) -> bool:
 
 def should_stream(request: http.Request, threshold: int) -> bool:
     """Large or chunk-framed bodies stream; API-shaped bodies are buffered."""
-    headers = request.headers
+    headers = dict(reversed(sigv4.header_pairs(request.headers)))  # the first of each name
     if "aws-chunked" in headers.get("content-encoding", ""):
         return True
     if headers.get("x-amz-content-sha256", "").startswith(STREAMING_PAYLOADS):

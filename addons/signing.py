@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Set
+from collections.abc import Awaitable, Set
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -108,23 +108,23 @@ class Signing(RequestStage):
         gate.signed = True
 
     @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         stream = flow.request.stream
         resigner = getattr(stream, "inner", stream)  # the recording addon may wrap it
         if isinstance(resigner, chunked.ChunkResigner) and not resigner.complete:
             # Its bytes have left: from the bad chunk on they went as the agent sent them,
             # outside the gateway's signature chain, so AWS refuses the upload.
             logger.error("awsgate: chunk-signed upload broken: %s", resigner.error or "cut short")
-            return
-        await super().request(flow)
+            return None
+        return self._stage(flow, streamed_phase=False)
 
     def _route(self, request: http.Request, aws_host: str) -> None:
-        """Send to the configured upstream, keeping the AWS Host header (set back after)."""
+        """Send to the configured upstream, keeping the AWS Host header."""
         if self.upstream is None:
             return
-        host_header = request.host_header
-        request.scheme, request.host, request.port = self.upstream
-        request.host_header = host_header
+        # Set the parts underneath: the host setter would rewrite the Host header.
+        scheme, request.data.host, request.data.port = self.upstream
+        request.data.scheme = scheme.encode()
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:

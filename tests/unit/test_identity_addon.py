@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -100,7 +99,7 @@ def test_proxy_authorization_is_stripped_from_every_flow() -> None:
     flow = tflow.tflow()
     flow.request.host = "pypi.example.org"
     flow.request.headers["Proxy-Authorization"] = basic(b"awsgate:a.b.c")
-    asyncio.run(identity.requestheaders(flow))
+    assert identity.requestheaders(flow) is None  # not the gateway's: nothing to wait for
     assert "Proxy-Authorization" not in flow.request.headers
     assert context.find(flow) is None and flow.response is None
 
