@@ -46,7 +46,7 @@ AGENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-amz-security-token"})
 _AGENT_FIELDS = frozenset(name.encode() for name in AGENT_CREDENTIAL_HEADERS)
 _CREDENTIAL_FIELDS = frozenset(name.encode() for name in sanitize.CREDENTIAL_HEADERS)
 _REDACTED_FIELD = sanitize.REDACTED.encode()
-# mitmproxy writes the response out a loop turn or so after the last response hook.
+# Should a flow still be live when first checked, how often to look again, how long.
 SEND_POLL = 0.01
 SEND_WAIT = 600.0
 _OUTPUT_OPTIONS = frozenset(
@@ -176,7 +176,9 @@ class FlowView:
         gate = context.find(flow)
         if gate is not None:
             deadline = time.monotonic() + SEND_WAIT
-            asyncio.get_running_loop().call_soon(_after_send, flow, gate, deadline)
+            loop = asyncio.get_running_loop()
+            # mitmproxy writes the response out one loop turn after the last hook.
+            loop.call_soon(loop.call_soon, _after_send, flow, gate, deadline)
 
 
 def _after_send(flow: http.HTTPFlow, gate: GateContext, deadline: float) -> None:

@@ -75,11 +75,14 @@ class JsonFormatter(logging.Formatter):
 
 
 class JsonLogs:
-    """First in the chain: sets the current call for log lines, writes the access log."""
+    """First in the chain: with JSON logs on, its ``CallLines`` sets the current call for
+    log lines and writes the access log."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream
         self.handler: logging.Handler | None = None
+        # The flow hooks, only while JSON logs are on: text logs need neither.
+        self.addons: list[CallLines] = []
 
     def configure(self, updated: Set[str]) -> None:
         gateway_config = settings.reloaded(updated)
@@ -101,17 +104,23 @@ class JsonLogs:
         log.setLevel(logging.INFO)
         log.propagate = False  # not also as text through mitmproxy's handler
         self.handler = handler
+        self.addons = [CallLines()]
 
     def _uninstall(self) -> None:
+        self.addons = []
         if self.handler is not None:
             log = logging.getLogger(LOGGER)
             log.removeHandler(self.handler)
             log.propagate = True
             self.handler = None
 
-    def _enter(self, flow: http.HTTPFlow) -> None:
-        if self.handler is not None:  # only the JSON formatter reads it
-            _current.set(flow)
+
+class CallLines:
+    """Sets the current call for every flow event, and writes each call's access line."""
+
+    @staticmethod
+    def _enter(flow: http.HTTPFlow) -> None:
+        _current.set(flow)
 
     # Every flow event: the addons after this one log within the same call.
     @fail_closed
@@ -137,7 +146,7 @@ class JsonLogs:
 
     def _access(self, flow: http.HTTPFlow) -> None:
         gate = context.find(flow)
-        if gate is None or self.handler is None or flow.metadata.get("awsgate-logged"):
+        if gate is None or flow.metadata.get("awsgate-logged"):
             return
         flow.metadata["awsgate-logged"] = True
         logging.getLogger(LOGGER).info("call", extra=access_fields(flow, gate))

@@ -110,6 +110,8 @@ class Metrics:
         self.metrics = GatewayMetrics()
         self.listen: tuple[str, int] | None = None
         self._server: Any = None
+        # The flow hooks, only while the endpoint runs: nobody else reads the series.
+        self.addons: list[CallCounter] = []
 
     def configure(self, updated: Set[str]) -> None:
         gateway_config = settings.reloaded(updated)
@@ -129,6 +131,7 @@ class Metrics:
                     f"awsgate: metrics.listen {host}:{port}: {exc.strerror or exc}"
                 ) from exc
             logger.info("awsgate: metrics on http://%s:%d/metrics", host, self.port)
+            self.addons = [CallCounter(self.metrics)]
 
     @property
     def port(self) -> int | None:
@@ -139,10 +142,18 @@ class Metrics:
         self._stop_server()
 
     def _stop_server(self) -> None:
+        self.addons = []
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class CallCounter:
+    """Counts every call once it is over, and the calls held for review meanwhile."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:

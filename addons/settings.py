@@ -7,6 +7,7 @@ resolve when an ``upstream`` stands in for AWS).
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Set
 
@@ -65,6 +66,11 @@ class Settings:
             ctx.options.update(**changes)
 
     def running(self) -> None:
+        # botocore's model summaries, the endpoint catalogue and the operation index
+        # live as long as the process: out of the garbage collector's way, every
+        # collection no longer walks them (about 0.3 ms of CPU per call measured).
+        gc.collect()
+        gc.freeze()
         # Under `mitmdump -s` the proxy listens before the script has loaded: callers
         # (and the tests) wait for this line, not for the port.
         logger.warning(READY)

@@ -9,8 +9,12 @@ from mitmproxy.test import taddons, tflow
 
 from addons import context, gateway, hooks
 from addons.context import Refusal
+from addons.logjson import CallLines
+from addons.metrics import CallCounter, GatewayMetrics
 
 FLOW_HOOKS = ("http_connect", "requestheaders", "request", "responseheaders", "response")
+# With the children the chain gets while JSON logs and the metrics endpoint are on.
+ADDONS = [*gateway.addons, CallLines(), CallCounter(GatewayMetrics())]
 
 
 def test_chain_order_matches_the_design() -> None:
@@ -34,7 +38,7 @@ def test_chain_order_matches_the_design() -> None:
 
 @pytest.mark.parametrize(
     ("addon", "hook"),
-    [(addon, hook) for addon in gateway.addons for hook in FLOW_HOOKS if hasattr(addon, hook)],
+    [(addon, hook) for addon in ADDONS for hook in FLOW_HOOKS if hasattr(addon, hook)],
     ids=lambda value: value if isinstance(value, str) else type(value).__name__,
 )
 def test_every_flow_hook_is_guarded(addon: object, hook: str) -> None:

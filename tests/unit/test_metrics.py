@@ -128,9 +128,10 @@ def scrape(port: int | None) -> str:
 
 def test_the_endpoint_serves_each_call_once(running: Metrics) -> None:
     flow = flow_with(gate(decision=Decision("allow", "agents")))
-    running.request(flow)
-    running.response(flow)
-    running.error(flow)  # a late error event for the same flow is not a second call
+    [counter] = running.addons  # flow hooks while the endpoint runs
+    counter.request(flow)
+    counter.response(flow)
+    counter.error(flow)  # a late error event for the same flow is not a second call
     text = scrape(running.port)
     assert 'awsgate_requests_total{decision="allow",replica="replica-a"} 1.0' in text
     assert 'awsgate_request_duration_seconds_bucket{le="0.25",replica="replica-a"} 1.0' in text
@@ -143,6 +144,7 @@ def test_the_endpoint_stops_with_the_gateway(running: Metrics) -> None:
     running.done()
     with pytest.raises(OSError):
         scrape(port)
+    assert running.addons == []  # and stops counting
 
 
 def test_a_taken_port_stops_the_gateway_with_a_clear_error(
@@ -159,7 +161,8 @@ def test_a_taken_port_stops_the_gateway_with_a_clear_error(
 
 def test_flows_the_gateway_did_not_take_are_not_counted(running: Metrics) -> None:
     flow = tflow.tflow(resp=True)  # no awsgate context: not AWS traffic
-    running.response(flow)
+    [counter] = running.addons
+    counter.response(flow)
     assert "awsgate_requests_total{" not in scrape(running.port)
 
 
@@ -191,8 +194,9 @@ def test_each_call_gets_one_access_line_with_its_ids_and_no_secret(
     addon, stream = json_logs
     context = gate(decision=Decision("allow", "agents"))
     flow = flow_with(context)
-    addon.response(flow)
-    addon.error(flow)
+    [call_lines] = addon.addons
+    call_lines.response(flow)
+    call_lines.error(flow)
     [line] = lines(stream)
     assert line["message"] == "call"
     assert line["request_id"] == context.request_id
@@ -211,7 +215,8 @@ def test_lines_logged_by_later_addons_carry_the_current_call(
     addon, stream = json_logs
     context = gate(decision=Decision("review", "needs-a-human"))
     flow = flow_with(context)
-    addon.request(flow)  # what mitmproxy runs first for this event
+    [call_lines] = addon.addons
+    call_lines.request(flow)  # what mitmproxy runs first for this event
     logging.getLogger("awsgate").warning("awsgate: held for approval")
     [line] = lines(stream)
     assert line["level"] == "warning"
@@ -237,7 +242,7 @@ def test_text_format_leaves_logging_alone(tmp_path: Path) -> None:
         tctx.options.add_option(settings.OPTION, str, str(path), "the awsgate config")
         tctx.master.addons.add(addon)
         tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook({settings.OPTION}))
-        assert addon.handler is None
+        assert addon.handler is None and addon.addons == []  # no flow hooks either
         assert logging.getLogger("awsgate").propagate
 
 
