@@ -20,7 +20,8 @@ What a UI can still see, by mitmproxy's design: the request as it goes to AWS
 is pushed once the request hooks are done, so the gateway's own signature for
 that one call (and its session token, when the gateway runs on temporary
 credentials) shows until the response starts; and a request body can be
-fetched while the call is in flight. Outputs that show a flow while it is in
+fetched while the call is in flight (not while it is held for approval: the
+approval addon takes the body off the flow meanwhile). Outputs that show a flow while it is in
 flight or its response before the swap (bodies printed or saved, intercepts)
 are refused at start.
 """

@@ -26,7 +26,6 @@ logger = logging.getLogger("awsgate")
 Hook = Callable[[Any, http.HTTPFlow], Awaitable[None] | None]
 
 
-
 def refuse(flow: http.HTTPFlow, refusal: Refusal) -> None:
     """Answer the flow with an AWS-shaped error and remember why, for the record."""
     gate = context.get(flow)

@@ -136,4 +136,8 @@ class Signing(RequestStage):
         response = flow.response
         closing = response is not None and response.headers.get("connection", "") == "close"
         if closing and context.find(flow) is not None:
-            del response.headers["connection"]
+            # On a copy: mitmproxy's upstream side reads this very response object to
+            # learn that the upstream closes, and must not reuse that connection.
+            assert response is not None
+            flow.response = response.copy()
+            del flow.response.headers["connection"]

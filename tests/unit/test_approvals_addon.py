@@ -102,8 +102,10 @@ async def test_an_approved_call_goes_on_while_others_are_not_held(
     addon: approval.Approval, engine: Engine
 ) -> None:
     flow = held_flow()
+    flow.request.content = b'{"SecretString": "s3cr3t"}'
     holding = asyncio.create_task(addon.handle(flow, context.get(flow)))
     request = await pending(engine)
+    assert flow.request.raw_content == b""  # what mitmweb could show while a human decides
     # An allowed call passes straight through while the first one waits.
     other = held_flow("other", effect="allow")
     assert addon.request(other) is None  # nothing to wait for
@@ -112,6 +114,7 @@ async def test_an_approved_call_goes_on_while_others_are_not_held(
     await decide(engine, request.id, approve=True)
     await asyncio.wait_for(holding, WAIT)
     assert flow.response is None  # not refused: signing takes it from here
+    assert flow.request.content == b'{"SecretString": "s3cr3t"}'  # and the body goes on
     gate = context.get(flow)
     assert gate.approval_id == request.id and "approval" in gate.timings
     stored = approvals.get(engine, request.id)
