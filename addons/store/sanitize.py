@@ -43,6 +43,9 @@ CREDENTIAL_QUERY = frozenset(
         "x-amz-credential",
         "signature",
         "awsaccesskeyid",
+        # STS's query protocol also takes its parameters in the query string
+        "webidentitytoken",
+        "samlassertion",
     }
 )
 

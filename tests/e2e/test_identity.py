@@ -657,6 +657,29 @@ def test_encoded_web_identity_action_is_still_answered(
     assert recorded(store, rid)["upstream_status"] is None
 
 
+def test_web_identity_in_a_query_string_is_answered_and_its_token_not_kept(
+    gateway: harness.Gateway, dev_idp: DevIdp, store: Engine
+) -> None:
+    """STS takes its parameters in the query string too: the token stays out of the URL
+    the record keeps (and out of the flow mitmweb would show)."""
+    token = dev_idp.token(unique("by-get"), ["agents"])
+    query = (
+        "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleSessionName=x1"
+        f"&RoleArn=arn%3Aaws%3Aiam%3A%3A{harness.ACCOUNT}%3Arole%2Fagent&WebIdentityToken={token}"
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=RAW_TIMEOUT)
+    conn.request("GET", f"http://sts.us-east-1.amazonaws.com/?{query}")
+    answer = conn.getresponse()
+    text = answer.read()
+    conn.close()
+    answered = answer.status == 200 and b"<AssumeRoleWithWebIdentityResponse" in text
+    assert answered  # (a bool: a failure must not print the minted credentials)
+    rid = text.split(b"<RequestId>")[1].split(b"</RequestId>")[0].decode()
+    url = recorded(store, rid)["url"]
+    token_kept = token.rpartition(".")[2] in url
+    assert not token_kept and "WebIdentityToken=[redacted]" in url
+
+
 # -- revocation --------------------------------------------------------------------------
 
 

@@ -71,6 +71,15 @@ def test_presigned_query_credentials_leave_the_flow() -> None:
     assert f"{path}?{query}" == PRESIGNED
 
 
+def test_a_web_identity_token_in_the_query_leaves_the_flow() -> None:
+    path = "/?Action=AssumeRoleWithWebIdentity&WebIdentityToken=header.payload.sig&Version=1"
+    flow, gate = aws_flow(path)
+    FlowView().requestheaders(flow)
+    assert "header.payload.sig" not in flow.request.path
+    _, _, query = agent_request_head(flow, gate)
+    assert "WebIdentityToken=header.payload.sig" in query  # identity still validates it
+
+
 def test_unsigned_requests_are_left_alone() -> None:
     flow, gate = aws_flow("/?Action=GetCallerIdentity")
     FlowView().requestheaders(flow)
