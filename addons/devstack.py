@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
+def _moto_server(port: int) -> list[str]:
+    return [sys.executable, "-m", "addons.devstack_moto", "-H", "127.0.0.1", "-p", str(port)]
+
+
 @dataclass
 class Moto:
     """moto in server mode, with IAM signature checking switched on."""
@@ -150,16 +155,19 @@ class Moto:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, log_dir: Path) -> Iterator[Moto]:
+    def running(
+        cls, log_dir: Path, serve: Callable[[int], list[str]] | None = None
+    ) -> Iterator[Moto]:
+        """moto's server on a free loopback port, with the gateway's IAM user and auth on.
+
+        ``serve`` gives the command serving moto on a port (default: moto's own server
+        with addons/devstack_moto.py's fix for bodiless requests, such as Lambda GETs).
+        """
         port = free_port()
         log = (log_dir / "moto.log").open("wb")
-        # moto's server with addons/devstack_moto.py's fix for bodiless requests (Lambda GETs)
+        command = (serve or _moto_server)(port)
         process = subprocess.Popen(
-            [sys.executable, "-m", "addons.devstack_moto", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=base_env(),
-            cwd=ROOT,
+            command, stdout=log, stderr=subprocess.STDOUT, env=base_env(), cwd=ROOT
         )
         try:
             wait_for_port(port, process)
@@ -169,6 +177,25 @@ class Moto:
         finally:
             stop(process)
             log.close()
+
+
+@contextlib.contextmanager
+def throwaway_database(base_url: str, prefix: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the server at ``base_url``; its URL. Dropped after."""
+    from sqlalchemy import make_url, text
+
+    from addons.store.db import open_engine
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = open_engine(base_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @dataclass

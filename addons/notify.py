@@ -26,6 +26,8 @@ log = logging.getLogger("awsgate")
 
 CREATED, DECIDED = "approval.requested", "approval.decided"
 POST_TIMEOUT = 5.0
+# How long a command that stops waits for its queued notifications to be sent.
+FLUSH_TIMEOUT = 5.0
 QUEUE_LIMIT = 1000
 
 Post = Callable[[str, bytes], None]

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from addons.devstack import (  # noqa: E402
     base_env,
     free_port,
     stop,
+    throwaway_database,
     wait_for_port,
 )
 
@@ -138,25 +138,11 @@ def serve_upstream(port: int, threads: int) -> None:
     )
 
 
-@contextlib.contextmanager
-def upstream(workdir: Path) -> Iterator[Moto]:
-    port = free_port()
-    log = (workdir / "upstream.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, __file__, "_upstream", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=base_env(),
-        cwd=workdir,
+def upstream(workdir: Path) -> contextlib.AbstractContextManager[Moto]:
+    """moto's WSGI app under waitress (``serve_upstream``), in its own process."""
+    return Moto.running(
+        workdir, serve=lambda port: [sys.executable, __file__, "_upstream", str(port)]
     )
-    try:
-        wait_for_port(port, process)
-        moto = Moto(port, process)
-        moto.enable_auth()
-        yield moto
-    finally:
-        stop(process)
-        log.close()
 
 
 def seed(moto: Moto) -> None:
@@ -527,25 +513,6 @@ def full_gateway(
         gateway.stop()
 
 
-@contextlib.contextmanager
-def postgres_store(base_url: str) -> Iterator[str]:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from addons.store.db import open_engine
-
-    name = f"awsgate_bench_{uuid.uuid4().hex[:8]}"
-    admin = open_engine(base_url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def make_ca(certs: Path) -> None:
     """One CA for every proxy of the run, so the agents' CA bundle is the same file."""
     from mitmproxy import certs as mitm_certs
@@ -683,7 +650,7 @@ def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> li
                 )
             else:
                 with (
-                    postgres_store(pg_url) as store,
+                    throwaway_database(pg_url, "awsgate_bench") as store,
                     full_gateway(
                         "awsgate (PostgreSQL)", workdir / "full-pg", *gateway_args, store
                     ) as way,

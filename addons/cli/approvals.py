@@ -25,13 +25,12 @@ from addons.cli.common import (
     print_rows,
 )
 from addons.context import Principal
-from addons.notify import Notifier
+from addons.notify import FLUSH_TIMEOUT, Notifier
 from addons.store import approvals
 
 TOKEN_ENV = "AWSGATE_TOKEN"
 TOKEN_FILE_ENV = "AWSGATE_TOKEN_FILE"
 LIST_COLUMNS = ("id", "status", "principal", "action", "resources", "rule", "created")
-NOTIFY_TIMEOUT = 5.0
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -134,7 +133,7 @@ def decide_command(args: argparse.Namespace) -> int:
         engine.dispose()
     notifier = Notifier(settings.webhooks, settings.public_url)
     notifier.decided(request)
-    notifier.close(timeout=NOTIFY_TIMEOUT)
+    notifier.close(timeout=FLUSH_TIMEOUT)
     if args.json:
         print(json.dumps(request.as_dict(), default=str))
     elif args.approve:

@@ -10,8 +10,7 @@ from typing import Any
 from addons import web
 from addons.cli.audit import open_store
 from addons.cli.common import CommandError, add_config_argument, load_config
-
-NOTIFY_TIMEOUT = 5.0
+from addons.notify import FLUSH_TIMEOUT
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -49,7 +48,7 @@ def serve_command(args: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
-        site.notifier.close(timeout=NOTIFY_TIMEOUT)
+        site.notifier.close(timeout=FLUSH_TIMEOUT)
         engine.dispose()
     return 0
 

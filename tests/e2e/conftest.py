@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url, text
 
 from addons.auth.devidp import DevIdp, DevIdpServer
-from addons.store import db
 from tests.e2e import harness
 
 HERE = Path(__file__).parent
@@ -95,13 +92,5 @@ def pg_store() -> Iterator[str]:
     base = os.environ.get("AWSGATE_TEST_PG_URL")
     if not base:
         pytest.skip(NO_POSTGRES)
-    name = f"awsgate_e2e_{uuid.uuid4().hex[:10]}"
-    admin = db.open_engine(base).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with harness.throwaway_database(base, "awsgate_e2e") as url:
+        yield url

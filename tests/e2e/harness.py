@@ -13,6 +13,7 @@ from addons.devstack import (
     environment,
     free_port,
     stop,
+    throwaway_database,
     wait_for_port,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "environment",
     "free_port",
     "stop",
+    "throwaway_database",
     "wait_for_port",
 ]

@@ -9,7 +9,6 @@ import os
 import threading
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,14 +16,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from addons import config
 from addons.auth.devidp import DevIdp, DevIdpServer
 from addons.auth.oidc import TokenError, TokenValidator
 from addons.config import ConfigError, IssuerConfig, WebhookConfig
 from addons.context import Decision, Operation, Principal
+from addons.devstack import throwaway_database
 from addons.notify import CREATED, DECIDED, Notifier, json_message, slack_message
 from addons.store import approvals
 from addons.store.db import migrate, open_engine
@@ -78,18 +77,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     base = os.environ.get("AWSGATE_TEST_PG_URL")
     if not base:
         pytest.skip("PostgreSQL tests need AWSGATE_TEST_PG_URL (scripts/test starts one)")
-    name = f"awsgate_test_{uuid.uuid4().hex[:12]}"
-    admin = open_engine(base).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    try:
+    with throwaway_database(base, "awsgate_test") as url:
         migrate(url)
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

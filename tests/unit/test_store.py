@@ -25,8 +25,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, func, insert, select, text
-from sqlalchemy.engine import make_url
 
+from addons.devstack import throwaway_database
 from addons.store import chain, queries, revocations, sanitize
 from addons.store.db import (
     StoreUnavailable,
@@ -60,19 +60,10 @@ def postgres_database(migrated: bool = True) -> Iterator[str]:
     base = os.environ.get("AWSGATE_TEST_PG_URL")
     if not base:
         pytest.skip(PG_HINT)
-    name = f"awsgate_test_{uuid.uuid4().hex[:12]}"
-    admin = open_engine(base).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    try:
+    with throwaway_database(base, "awsgate_test") as url:
         if migrated:
             migrate(url)
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
