@@ -181,22 +181,15 @@ def approve_when_pending(gateway: Gateway) -> None:
 
 def show_records(gateway: Gateway) -> None:
     say("\nWhat the gateway recorded (awsgate audit search):")
-    done = subprocess.run(
-        [str(BIN / "awsgate"), "audit", "search", "--config", str(gateway.config_path)],
-        capture_output=True,
-        text=True,
-        env=base_env(),
-        timeout=60,
-    )
-    say(done.stdout.rstrip() or done.stderr.rstrip())
-    verify = subprocess.run(
-        [str(BIN / "awsgate"), "audit", "verify", "--config", str(gateway.config_path)],
-        capture_output=True,
-        text=True,
-        env=base_env(),
-        timeout=60,
-    )
-    say((verify.stdout or verify.stderr).rstrip())
+    for command in ("search", "verify"):
+        done = subprocess.run(
+            [str(BIN / "awsgate"), "audit", command, "--config", str(gateway.config_path)],
+            capture_output=True,
+            text=True,
+            env=base_env(),
+            timeout=60,
+        )
+        say((done.stdout or done.stderr).rstrip())
 
 
 def keep_running(gateway: Gateway) -> None:
