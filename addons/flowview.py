@@ -29,6 +29,7 @@ are refused at start.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Set
 from typing import Any
@@ -40,6 +41,8 @@ from addons.context import AgentAuth, GateContext
 from addons.hooks import fail_closed
 from addons.logjson import access_fields
 from addons.store import sanitize
+
+logger = logging.getLogger("awsgate")
 
 # The agent's own credentials: taken off the flow on arrival. Other credential headers
 # (SSE-C keys) must reach AWS as sent and signed; they are redacted once the request left.
@@ -194,7 +197,10 @@ def _after_send(flow: http.HTTPFlow, gate: GateContext, deadline: float) -> None
     if flow.live and time.monotonic() < deadline:
         asyncio.get_running_loop().call_later(SEND_POLL, _after_send, flow, gate, deadline)
         return
-    show_record_request(flow.request, gate)
-    if flow.response is not None:
-        _show(flow.response, gate.record_response_body)
-    flow.metadata[context.METADATA_KEY] = summary(flow, gate)
+    try:
+        show_record_request(flow.request, gate)
+        if flow.response is not None:
+            _show(flow.response, gate.record_response_body)
+        flow.metadata[context.METADATA_KEY] = summary(flow, gate)
+    except Exception as exc:  # the call is over: nothing to refuse; the type only (bodies)
+        logger.error("awsgate: the flow could not show the record's copy: %s", type(exc).__name__)

@@ -13,7 +13,7 @@ import yaml
 from mitmproxy import exceptions, hooks, http, io
 from mitmproxy.test import taddons, tflow
 
-from addons import context, settings
+from addons import context, flowview, settings
 from addons.context import METADATA_KEY, GateContext
 from addons.flowview import SEND_POLL, FlowView, agent_request_head, leaky_outputs
 
@@ -164,6 +164,19 @@ def test_an_error_after_the_response_summarises_once() -> None:
 
     hooks_then_send(flow, response_then_error)
     assert isinstance(flow.metadata[METADATA_KEY], dict)
+
+
+def test_a_failure_after_the_send_is_logged_by_type_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(message: http.Message, record_body: bytes | None) -> None:
+        raise ValueError("quotes a body: s3cr3t")
+
+    monkeypatch.setattr(flowview, "_show", broken)
+    flow, _ = aws_flow()
+    flow.response = tflow.tresp()
+    hooks_then_send(flow, lambda: FlowView().response(flow))
+    assert "ValueError" in caplog.text and "s3cr3t" not in caplog.text
 
 
 # -- mitmproxy outputs -----------------------------------------------------------------
