@@ -116,10 +116,6 @@ class GateContext:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
-    def refused(self) -> bool:
-        return self.refusal is not None
-
-    @property
     def forwarded(self) -> bool:
         """Signed and sent on: its response comes from AWS, not from the gateway."""
         return self.signed and self.refusal is None

@@ -54,7 +54,8 @@ def wire_protocol(flow: http.HTTPFlow, gate: GateContext) -> str:
 
 
 def split_path(request: http.Request) -> tuple[str, str]:
-    """The raw path and raw query string, exactly as the agent sent (and signed) them."""
+    """The raw path and query string as sent, but for the agent's credentials, which the
+    flow no longer holds (``flowview.agent_request_head`` has what the agent signed)."""
     path, _, query = request.path.partition("?")
     return path, query
 
