@@ -295,7 +295,9 @@ class RecordWriter:
             try:
                 self._prepare(op, staged, finishing)
             except (TypeError, ValueError, OverflowError) as exc:
-                op.future.set_exception(StoreUnavailable(f"cannot record the call: {exc}"))
+                # The type only: the message may quote a field of the record.
+                kind = type(exc).__name__
+                op.future.set_exception(StoreUnavailable(f"cannot record the call: {kind}"))
             except SQLAlchemyError as exc:
                 error = StoreUnavailable(f"cannot read {self._where}: {reason(exc)}")
                 self._unavailable([op], error)

@@ -151,6 +151,15 @@ def failure(future: Future[str]) -> StoreUnavailable:
     return raised.value
 
 
+def test_a_record_that_cannot_be_prepared_is_refused_without_quoting_it(
+    writer: RecordWriter,
+) -> None:
+    error = failure(writer.begin(call(time="s3cr3t-not-a-time")))
+    assert "cannot record the call: ValueError" in str(error)
+    quoted = "s3cr3t" in str(error)
+    assert not quoted
+
+
 def rows(engine: Engine, *where: Any) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         result = connection.execute(select(calls).where(*where).order_by(calls.c.id))
