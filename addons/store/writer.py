@@ -124,6 +124,10 @@ class _Op:
         return self.outcome is not None
 
 
+class _Unrecordable(Exception):
+    """The writer's own refusal of an op; its message quotes nothing but ids."""
+
+
 class _Vanished(Exception):
     """A begun call was no longer unfinished when its outcome was written."""
 
@@ -294,6 +298,8 @@ class RecordWriter:
         for op in ops:
             try:
                 self._prepare(op, staged, finishing)
+            except _Unrecordable as exc:
+                op.future.set_exception(StoreUnavailable(f"cannot record the call: {exc}"))
             except (TypeError, ValueError, OverflowError) as exc:
                 # The type only: the message may quote a field of the record.
                 kind = type(exc).__name__
@@ -317,7 +323,7 @@ class RecordWriter:
             else:
                 request_id = sanitize.text(op.request_id or "")
                 if request_id in finishing:
-                    raise ValueError(f"no unfinished call {request_id!r} was begun")
+                    raise _Unrecordable(f"no unfinished call {request_id!r} was begun")
                 base = (
                     staged.get(request_id)
                     or self._begun.get(request_id)
@@ -340,7 +346,7 @@ class RecordWriter:
             self._release_connection()
             raise
         if row is None:
-            raise ValueError(f"no unfinished call {request_id!r} was begun")
+            raise _Unrecordable(f"no unfinished call {request_id!r} was begun")
         stored = row._mapping
         loaded = _Row({name: stored[name] for name in _INSERT_COLUMNS}, {}, stored["groups"])
         for name in _JSON_COLUMNS:
@@ -486,7 +492,7 @@ class RecordWriter:
             chain_id=self.chain_id,
         )
         if not values["request_id"] or not values["decision"]:
-            raise ValueError("a call record needs a request_id and a decision")
+            raise _Unrecordable("a call record needs a request_id and a decision")
         row = _Row(values, {}, groups)
         row.set_json("groups", groups)
         row.set_json("resources", sanitize.json_safe(list(record.resources)))
