@@ -107,6 +107,45 @@ def _write(self, ops, *_args, **_kwargs):
 writer.RecordWriter._write = _write
 '''
 
+# --breakdown: bare mitmdump plus the one piece of the chain no gateway can skip, checking
+# the agent's SigV4 signature and re-signing with the gateway's key, done by the chain's own
+# code (addons.aws.sigv4). Measurement only: no identity, policy, masking or record. A call
+# that fails either step is answered with an error, so it shows in the errors column.
+SIGV4_SCRIPT = """
+from datetime import UTC, datetime
+
+from mitmproxy import http
+
+from addons.aws import sigv4
+
+_SECRET = os.environ["BENCH_SIGNING_SECRET"]
+_CREDENTIALS = sigv4.Credentials(os.environ["BENCH_SIGNING_KEY_ID"], _SECRET)
+_SIGNER = sigv4.Signer()
+
+
+def request(flow):
+    try:
+        _verify_and_resign(flow.request)
+    except Exception as exc:
+        flow.response = http.Response.make(500, f"bench: {type(exc).__name__}".encode())
+
+
+def _verify_and_resign(request):
+    path, _, query = request.path.partition("?")
+    auth = sigv4.parse_auth(request.headers, query)
+    body = request.raw_content
+    now = datetime.now(UTC)
+    sigv4.verify(auth, _SECRET, request.method, path, query, request.headers, body, now)
+    query = sigv4.strip_auth(request.headers, query)
+    payload_hash = sigv4.payload_hash(auth.service, request.headers, body)
+    signed = _SIGNER.sign(
+        _CREDENTIALS, request.method, request.host_header, path, query, request.headers,
+        payload_hash, auth.region, auth.service, now,
+    )
+    sigv4.set_headers(request.headers, signed)
+"""
+SIGV4_ONLY = "mitmdump + SigV4 only"
+
 POLICY = {
     "rules": [
         {
@@ -439,10 +478,18 @@ def proxy_env(port: int, ca_bundle: Path, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def bare_mitmdump(workdir: Path, moto: Moto, certs: Path) -> Iterator[Way]:
+def bare_mitmdump(
+    workdir: Path, moto: Moto, certs: Path, *, verify_and_resign: bool = False
+) -> Iterator[Way]:
+    """Bare mitmdump routing to the upstream; with ``verify_and_resign``, the SigV4 row."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "route.py"
-    script.write_text(ROUTE_SCRIPT)
+    script.write_text(ROUTE_SCRIPT + (SIGV4_SCRIPT if verify_and_resign else ""))
+    signing = {
+        "PYTHONPATH": str(ROOT),
+        "BENCH_SIGNING_KEY_ID": moto.access_key,
+        "BENCH_SIGNING_SECRET": moto.secret_key,
+    }
     port = free_port()
     log = (workdir / "mitmdump.log").open("wb")
     options = {
@@ -459,7 +506,7 @@ def bare_mitmdump(workdir: Path, moto: Moto, certs: Path) -> Iterator[Way]:
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=base_env(BENCH_UPSTREAM_PORT=str(moto.port)),
+        env=base_env(BENCH_UPSTREAM_PORT=str(moto.port), **(signing if verify_and_resign else {})),
         cwd=workdir,
     )
     try:
@@ -471,7 +518,7 @@ def bare_mitmdump(workdir: Path, moto: Moto, certs: Path) -> Iterator[Way]:
             AWS_ACCESS_KEY_ID=moto.access_key,
             AWS_SECRET_ACCESS_KEY=moto.secret_key,
         )
-        yield Way("bare mitmdump", env, pid=process.pid)
+        yield Way(SIGV4_ONLY if verify_and_resign else "bare mitmdump", env, pid=process.pid)
     finally:
         stop(process)
         log.close()
@@ -543,7 +590,7 @@ def ratios(rows: list[Figures]) -> dict[str, dict[str, float]]:
         return {}
     out = {}
     for row in rows:
-        if not row.name.startswith("awsgate"):
+        if row.name in ("direct", "bare mitmdump"):
             continue
         pairs = {
             "cpu_ms_per_request": (row.cpu_ms_per_request, bare.cpu_ms_per_request),
@@ -634,6 +681,12 @@ def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> li
             with full_gateway("awsgate (SQLite)", workdir / "full", *gateway_args, sqlite) as way:
                 rows.append(measure(way, args, agents, large))
             if args.breakdown:
+                with bare_mitmdump(workdir / "sigv4", moto, certs, verify_and_resign=True) as way:
+                    rows.append(measure(way, args, agents, None))
+                notes.append(
+                    f"'{SIGV4_ONLY}': bare mitmdump plus checking the agent's SigV4 signature "
+                    "and re-signing, with the chain's own code (small calls only)"
+                )
                 name = "awsgate, no store writes"
                 with full_gateway(name, workdir / "nostore", *gateway_args, sqlite, True) as way:
                     rows.append(measure(way, args, agents, None))
@@ -678,7 +731,8 @@ def main() -> int:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="add a row: the full chain with record writes acknowledged but not made",
+        help="add two rows: bare mitmdump plus SigV4 verification and re-signing only, and "
+        "the full chain with record writes acknowledged but not made",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="awsgate-bench-", dir="/tmp"))
