@@ -485,11 +485,15 @@ def bare_mitmdump(
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "route.py"
     script.write_text(ROUTE_SCRIPT + (SIGV4_SCRIPT if verify_and_resign else ""))
-    signing = {
-        "PYTHONPATH": str(ROOT),
-        "BENCH_SIGNING_KEY_ID": moto.access_key,
-        "BENCH_SIGNING_SECRET": moto.secret_key,
-    }
+    signing_env = (
+        {
+            "PYTHONPATH": str(ROOT),
+            "BENCH_SIGNING_KEY_ID": moto.access_key,
+            "BENCH_SIGNING_SECRET": moto.secret_key,
+        }
+        if verify_and_resign
+        else {}
+    )
     port = free_port()
     log = (workdir / "mitmdump.log").open("wb")
     options = {
@@ -506,7 +510,7 @@ def bare_mitmdump(
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=base_env(BENCH_UPSTREAM_PORT=str(moto.port), **(signing if verify_and_resign else {})),
+        env=base_env(BENCH_UPSTREAM_PORT=str(moto.port), **signing_env),
         cwd=workdir,
     )
     try:
