@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from addons.auth import devidp
 from addons.cli.common import CommandError
 
 KEYS_ENV = "AWSGATE_DEV_IDP_KEYS"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 NOTICE = "Development tool: a local OIDC issuer for tests and demos. Never use it in production."
 
 
@@ -84,15 +85,17 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.ec:
         idp.current("ES256")
     print(f"awsgate: {NOTICE}", file=sys.stderr)
+    # Blocked before the server's thread starts (it inherits the mask) and taken by
+    # sigwait: the kernel may hand a process signal to any thread that does not block
+    # it, and a main thread asleep in a lock is not woken by one sent to another thread.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         server = idp.serve(args.host, args.port, args.public_url)
     except OSError as exc:
         raise CommandError(f"dev-idp: cannot listen on {args.host}:{args.port}: {exc}") from exc
     print(server.url, flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        signal.sigwait(STOP_SIGNALS)
     finally:
         server.stop()
     return 0

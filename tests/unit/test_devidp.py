@@ -232,7 +232,11 @@ def test_cli_reports_bad_claims_and_missing_issuer(cli: Any, tmp_path: Path, cap
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
-def test_cli_serve_in_another_process(cli: Any, keys_dir: Path, capsys: Any) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serve_in_another_process(
+    cli: Any, keys_dir: Path, capsys: Any, stop_signal: signal.Signals
+) -> None:
+    """Serves until SIGINT or SIGTERM, whichever thread the kernel hands the signal to."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [
@@ -261,7 +265,7 @@ def test_cli_serve_in_another_process(cli: Any, keys_dir: Path, capsys: Any) -> 
         issuer = IssuerConfig(url, ("awsgate",))
         assert TokenValidator([issuer]).validate(token).subject == "agent"
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0
     assert "never use it in production" in stderr.lower()
