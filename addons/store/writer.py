@@ -11,9 +11,11 @@ outcome: a batch without a begin lingers briefly for the next one, so that
 under load one commit (one fsync) carries a call's outcome and the next
 call's request. Each row is sanitised and its JSON serialised once, when
 queued work is prepared, and kept in memory from begin to finish; the
-statements are plain SQL built once. Session counters are summed in memory
-and written at most once a second, whenever the writer falls idle, and on
-close.
+statements are plain SQL built once. On PostgreSQL a batch takes two round
+trips (its statements, then COMMIT), which also bounds how long a call
+waits for its request to be recorded on a distant server. Session counters
+are summed in memory and written at most once a second, whenever the writer
+falls idle, and on close.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Connection, Dialect, String, Table, select
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from addons.store import chain, sanitize
 from addons.store.db import (
@@ -408,19 +410,15 @@ class RecordWriter:
                         inserted.append(statements.insert_parameters(values))
                     else:
                         finished.append(statements.finish_parameters(values))
-                if inserted:
-                    connection.exec_driver_sql(statements.insert, inserted)
-                if finished:
-                    result = connection.exec_driver_sql(statements.finish, finished)
-                    sane = connection.dialect.supports_sane_multi_rowcount or len(finished) == 1
-                    if sane and result.rowcount != len(finished):
-                        raise _Vanished(f"{len(finished) - result.rowcount} begun call(s) vanished")
-                if flush_sessions and writing:
-                    # Sorted: one lock order across replicas sharing a PostgreSQL store.
-                    connection.exec_driver_sql(
-                        statements.upsert,
-                        [statements.session_parameters(writing[key]) for key in sorted(writing)],
-                    )
+                # Sorted: one lock order across replicas sharing a PostgreSQL store.
+                counted_sessions = (
+                    [statements.session_parameters(writing[key]) for key in sorted(writing)]
+                    if flush_sessions
+                    else []
+                )
+                matched = statements.execute(connection, inserted, finished, counted_sessions)
+                if matched is not None and matched != len(finished):
+                    raise _Vanished(f"{len(finished) - matched} begun call(s) vanished")
         except BaseException:
             self._head = None  # reload from the database: it has not moved
             self._release_connection()
@@ -580,16 +578,19 @@ class RecordWriter:
 class _Statements:
     """The writer's statements for one dialect, built once.
 
-    Rows are inserted and finished with plain SQL (``exec_driver_sql``): no
-    statement compilation or per-value type processing per call. JSON columns
-    are bound as the text the writer serialised; other columns go through
-    their type's own bind processor, so stored values match SQLAlchemy's.
+    Rows are inserted and finished with plain SQL: no statement compilation or
+    per-value type processing per call. JSON columns are bound as the text the
+    writer serialised; other columns go through their type's own bind
+    processor, so stored values match SQLAlchemy's. On PostgreSQL a batch goes
+    in one psycopg pipeline (see ``_execute_pipelined``).
     """
 
     def __init__(self, dialect: Dialect) -> None:
         if dialect.name not in _DIALECTS or dialect.paramstyle not in _PLACEHOLDERS:
             raise StoreUnavailable(f"the record store does not support {dialect.name} databases")
         mark = _PLACEHOLDERS[dialect.paramstyle]
+        # psycopg's pipeline sends a batch's BEGIN and statements in one round trip.
+        self._pipelined = dialect.name == "postgresql" and dialect.driver == "psycopg"
         json_mark = mark if dialect.name == "sqlite" else f"CAST({mark} AS JSON)"
         quote = dialect.identifier_preparer.quote
 
@@ -609,6 +610,7 @@ class _Statements:
             f"UPDATE {table} SET {assignments} "
             f"WHERE {quote('request_id')} = {mark} AND {quote('chain_seq')} IS NULL"
         )
+        self._finish_returning = f"{self.finish} RETURNING 1"  # a row per call completed
         self._insert_processors = _bind_processors(calls, dialect, _INSERT_COLUMNS)
         self._finish_processors = _bind_processors(calls, dialect, _FINISH_COLUMNS)
         # A session's first call creates it, later ones (from any replica) add to its counts.
@@ -626,6 +628,33 @@ class _Statements:
             f"{greatest}({table}.{last_seen}, excluded.{last_seen}), {counts}"
         )
         self._session_processors = _bind_processors(sessions, dialect, _SESSION_COLUMNS)
+
+    def execute(
+        self,
+        connection: Connection,
+        inserted: list[tuple[Any, ...]],
+        finished: list[tuple[Any, ...]],
+        counted_sessions: list[tuple[Any, ...]],
+    ) -> int | None:
+        """Run one batch's statements; how many begun calls its finishes matched (None: the
+        driver cannot tell)."""
+        if self._pipelined:
+            return _execute_pipelined(
+                connection,
+                (self.insert, inserted),
+                (self._finish_returning, finished),
+                (self.upsert, counted_sessions),
+            )
+        matched = None
+        if inserted:
+            connection.exec_driver_sql(self.insert, inserted)
+        if finished:
+            result = connection.exec_driver_sql(self.finish, finished)
+            if connection.dialect.supports_sane_multi_rowcount or len(finished) == 1:
+                matched = result.rowcount
+        if counted_sessions:
+            connection.exec_driver_sql(self.upsert, counted_sessions)
+        return matched
 
     def insert_parameters(self, values: dict[str, Any]) -> tuple[Any, ...]:
         parameters = [values[name] for name in _INSERT_COLUMNS]
@@ -665,6 +694,46 @@ def _bind_processors(
         if process is not None:
             processors.append((index, process))
     return processors
+
+
+def _execute_pipelined(
+    connection: Connection,
+    inserting: tuple[str, list[tuple[Any, ...]]],
+    finishing: tuple[str, list[tuple[Any, ...]]],
+    counting: tuple[str, list[tuple[Any, ...]]],
+) -> int:
+    """The batch in one psycopg pipeline: BEGIN and every statement in one round trip,
+    COMMIT in the next (after the caller has checked what the finishes matched).
+
+    In pipeline mode a cursor's rowcount is wrong after ``executemany``, so the finish
+    returns a row per call it completed. Driver errors come out of the pipeline unwrapped;
+    they are raised as SQLAlchemy's, which the writer sorts into outage and bad record.
+    """
+    driver = connection.connection.driver_connection
+    dbapi_error = connection.dialect.loaded_dbapi.Error
+    batches = (inserting, finishing, counting)
+    cursors = [driver.cursor() for _ in batches]
+    _, completed, _ = cursors
+    try:
+        with driver.pipeline():
+            for cursor, (statement, rows) in zip(cursors, batches, strict=True):
+                if rows:
+                    cursor.executemany(statement, rows, returning=cursor is completed)
+        matched = 0
+        if finishing[1]:
+            while True:
+                matched += len(completed.fetchall())
+                if not completed.nextset():
+                    break
+        return matched
+    except dbapi_error as exc:
+        # Which statement failed is only known to the server: its message says.
+        raise DBAPIError.instance(
+            None, None, exc, dbapi_error, hide_parameters=True, dialect=connection.dialect
+        ) from exc
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
 def _session_counts(ops: list[_Op]) -> dict[str, dict[str, Any]]:

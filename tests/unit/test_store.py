@@ -935,6 +935,35 @@ def test_an_outcome_is_written_once_the_store_is_back(tmp_path: Path) -> None:
         engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_postgresql_connection_cut_under_the_writer_loses_nothing() -> None:
+    """The server ends the writer's session: the batch that meets it fails as an outage
+    (an outcome is kept and retried), and the writer goes on with a new connection."""
+    with postgres_database() as url:
+        engine = open_engine(url)
+        try:
+            with RecordWriter(url) as writer:
+                first = call()
+                done(writer.begin(first))
+                with engine.connect() as admin:
+                    cut = admin.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    ).scalar_one()
+                assert cut >= 1
+                finished = writer.finish(first.request_id, outcome())
+                assert len(done(finished)) == 64  # its record hash, once written
+                second = call()
+                done(writer.begin(second))
+                done(writer.finish(second.request_id, outcome()))
+            report = chain.verify(engine)
+            assert (report.ok, report.records, report.unfinished) == (True, 2, 0)
+        finally:
+            engine.dispose()
+
+
 def test_unstorable_characters_are_replaced_and_parameters_keep_their_order(
     writer: RecordWriter, engine: Engine
 ) -> None:
@@ -970,3 +999,18 @@ def test_a_second_outcome_for_a_call_fails_alone(writer: RecordWriter, engine: E
         assert "no unfinished call" in str(failure(again))
     assert [row["status"] for row in rows(engine)] == [200, None, None]
     assert chain.verify(engine).ok
+
+
+def test_a_begun_call_removed_behind_the_writer_fails_its_outcome_alone(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    """The database, not the writer's memory, says whether a begun call is still there."""
+    gone, kept = call(), call()
+    done(writer.begin(gone))
+    done(writer.begin(kept))
+    with engine.begin() as connection:
+        connection.execute(calls.delete().where(calls.c.request_id == gone.request_id))
+    assert "vanished" in str(failure(writer.finish(gone.request_id, outcome())))
+    done(writer.finish(kept.request_id, outcome()))
+    report = chain.verify(engine)
+    assert (report.ok, report.records, report.unfinished) == (True, 1, 0)
