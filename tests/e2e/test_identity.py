@@ -629,6 +629,16 @@ def test_proxy_auth_on_plain_http_aws_request(
     conn.close()
 
 
+def answered_web_identity(conn: http.client.HTTPConnection) -> str:
+    """The request id of the gateway's own AssumeRoleWithWebIdentity answer on ``conn``."""
+    answer = conn.getresponse()
+    text = answer.read()
+    conn.close()
+    answered = answer.status == 200 and b"<AssumeRoleWithWebIdentityResponse" in text
+    assert answered  # (a bool: a failure must not print the minted credentials)
+    return text.split(b"<RequestId>")[1].split(b"</RequestId>")[0].decode()
+
+
 def test_encoded_web_identity_action_is_still_answered(
     gateway: harness.Gateway, dev_idp: DevIdp, store: Engine
 ) -> None:
@@ -648,12 +658,7 @@ def test_encoded_web_identity_action_is_still_answered(
             "Content-Type": "application/x-www-form-urlencoded",
         },
     )
-    answer = conn.getresponse()
-    text = answer.read()
-    conn.close()
-    answered = answer.status == 200 and b"<AssumeRoleWithWebIdentityResponse" in text
-    assert answered  # (a bool: a failure must not print the minted credentials)
-    rid = text.split(b"<RequestId>")[1].split(b"</RequestId>")[0].decode()
+    rid = answered_web_identity(conn)
     assert recorded(store, rid)["upstream_status"] is None
 
 
@@ -669,12 +674,7 @@ def test_web_identity_in_a_query_string_is_answered_and_its_token_not_kept(
     )
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=RAW_TIMEOUT)
     conn.request("GET", f"http://sts.us-east-1.amazonaws.com/?{query}")
-    answer = conn.getresponse()
-    text = answer.read()
-    conn.close()
-    answered = answer.status == 200 and b"<AssumeRoleWithWebIdentityResponse" in text
-    assert answered  # (a bool: a failure must not print the minted credentials)
-    rid = text.split(b"<RequestId>")[1].split(b"</RequestId>")[0].decode()
+    rid = answered_web_identity(conn)
     url = recorded(store, rid)["url"]
     token_kept = token.rpartition(".")[2] in url
     assert not token_kept and "WebIdentityToken=[redacted]" in url
