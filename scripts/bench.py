@@ -4,14 +4,17 @@ One run, one machine, one workload, several ways: straight to the upstream,
 through a bare ``mitmdump`` that only routes, and through the full awsgate
 chain (record store on SQLite, and on PostgreSQL when one is available).
 
-The upstream is moto's WSGI app served by waitress (keep-alive, signature
-checking on), so the proxy, not the stand-in AWS, is the bottleneck. The
-workload: concurrent agents (separate processes, boto3) alternating
-sts:GetCallerIdentity and dynamodb:GetItem for a fixed time; then one large S3
-object uploaded (multipart, from a file in /tmp) and downloaded in one
-streamed GET, its SHA-256 checked. The proxy's CPU comes from
-/proc/PID/stat (utime + stime) of that process only, its memory from
-/proc/PID/status (VmHWM, and VmRSS sampled while the large object streams).
+The proxy under test must be the bottleneck, so the load around it is kept
+light: the upstream is moto's WSGI app served by waitress (keep-alive), whose
+answers to the small read-only calls are replayed after moto's own signature
+check (``bench_upstream``); the agents are concurrent callers in one asyncio
+process that sign with botocore's SigV4 signer (``bench_agents``). They
+alternate sts:GetCallerIdentity and dynamodb:GetItem for a fixed time; then
+one large S3 object is uploaded by boto3 (multipart, from a file in /tmp) and
+downloaded in one streamed GET, moto serving it in full, its SHA-256 checked.
+The proxy's CPU comes from /proc/PID/stat (utime + stime) of that process
+only, its memory from /proc/PID/status (VmHWM, and VmRSS sampled while the
+large object streams).
 
 Loopback only: every server listens on 127.0.0.1 and nothing reaches AWS.
 """
@@ -41,7 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import bench_agents  # noqa: E402
+import bench_upstream  # noqa: E402
+
 from addons.devstack import (  # noqa: E402
+    ACCOUNT,
     BIN,
     Gateway,
     Moto,
@@ -53,7 +60,7 @@ from addons.devstack import (  # noqa: E402
     wait_for_port,
 )
 
-TABLE = "bench-table"
+TABLE = bench_agents.TABLE
 BUCKET = "bench-bucket"
 LARGE_KEY = "large/object.bin"
 MIB = 1024 * 1024
@@ -160,25 +167,8 @@ POLICY = {
 # -- the upstream: moto's WSGI app under waitress -----------------------------------------
 
 
-def serve_upstream(port: int, threads: int) -> None:
-    """Runs in its own process: moto behind a keep-alive WSGI server."""
-    import waitress
-    from moto.server import DomainDispatcherApplication, create_backend_app
-
-    app = DomainDispatcherApplication(create_backend_app)
-    waitress.serve(
-        app,
-        host="127.0.0.1",
-        port=port,
-        threads=threads,
-        channel_timeout=120,
-        connection_limit=1000,
-        _quiet=True,
-    )
-
-
 def upstream(workdir: Path) -> contextlib.AbstractContextManager[Moto]:
-    """moto's WSGI app under waitress (``serve_upstream``), in its own process."""
+    """moto's WSGI app under waitress (``bench_upstream``), in its own process."""
     return Moto.running(
         workdir, serve=lambda port: [sys.executable, __file__, "_upstream", str(port)]
     )
@@ -239,47 +229,6 @@ class RssSampler:
 
 
 # -- the agents ----------------------------------------------------------------------------
-
-
-def agent_main() -> None:
-    """One agent process, kept for every way: each round comes as one JSON line on stdin.
-
-    A round: take the way's environment (proxy, CA bundle, identity), warm up,
-    say ready, wait for go, call until the deadline, print the latencies.
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
-    for line in sys.stdin:
-        spec = json.loads(line)
-        os.environ.clear()
-        os.environ.update(spec["env"])
-        extra = {"endpoint_url": spec["endpoint_url"]} if spec.get("endpoint_url") else {}
-        session = boto3.Session()
-        sts = session.client("sts", config=config, **extra)
-        ddb = session.client("dynamodb", config=config, **extra)
-        calls = (
-            lambda sts=sts: sts.get_caller_identity(),
-            lambda ddb=ddb: ddb.get_item(TableName=TABLE, Key={"pk": {"S": "item-1"}}),
-        )
-        for call in calls * 2:
-            call()
-        print("ready", flush=True)
-        sys.stdin.readline()
-        latencies: list[float] = []
-        errors = 0
-        started = time.time()
-        deadline = time.monotonic() + spec["duration"]
-        while time.monotonic() < deadline:
-            begin = time.perf_counter()
-            try:
-                calls[len(latencies) % 2]()
-            except Exception:
-                errors += 1
-            latencies.append(time.perf_counter() - begin)
-        result = {"latencies": latencies, "errors": errors, "start": started, "end": time.time()}
-        print(json.dumps(result), flush=True)
 
 
 def large_main(spec: dict[str, Any]) -> None:
@@ -370,46 +319,47 @@ class Figures:
 
 
 class Agents:
-    """The agent processes, started once (importing boto3 takes a while) and reused."""
+    """The agents' process (``bench_agents``), started once and reused for every way."""
 
     def __init__(self, count: int) -> None:
-        self.processes = [spawn("_agent", {}, base_env()) for _ in range(count)]
+        self.count = count
+        self.process = spawn("_agents", {}, base_env())
 
     def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def tell(self, line: str) -> None:
-        for process in self.processes:
-            assert process.stdin is not None
-            process.stdin.write(line + "\n")
-            process.stdin.flush()
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
-    def answers(self) -> list[str]:
-        lines = []
-        for process in self.processes:
-            assert process.stdout is not None
-            lines.append(process.stdout.readline().strip())
-        return lines
+    def answer(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
 
 
 def run_small(way: Way, agents: Agents, duration: float) -> Figures:
-    spec = {"duration": duration, "endpoint_url": way.endpoint_url, "env": way.env}
+    spec = {
+        "agents": agents.count,
+        "duration": duration,
+        "endpoint_url": way.endpoint_url,
+        "env": way.env,
+    }
     agents.tell(json.dumps(spec))
-    if any(answer != "ready" for answer in agents.answers()):
-        raise RuntimeError(f"{way.name}: an agent failed to warm up (see its stderr above)")
+    if (answer := agents.answer()) != "ready":
+        raise RuntimeError(f"{way.name}: the agents did not warm up: {answer or 'no answer'}")
     cpu_before = cpu_seconds(way.pid) if way.pid else None
     agents.tell("go")
-    results = [json.loads(answer) for answer in agents.answers()]
+    result = json.loads(agents.answer())
     cpu_after = cpu_seconds(way.pid) if way.pid else None
-    latencies = sorted(value for result in results for value in result["latencies"])
-    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    latencies = sorted(result["latencies"])
+    seconds = result["end"] - result["start"]
     figures = Figures(
         name=way.name,
         requests=len(latencies),
-        errors=sum(r["errors"] for r in results),
+        errors=result["errors"],
         seconds=seconds,
         rps=len(latencies) / seconds,
         p50_ms=1000 * statistics.median(latencies),
@@ -769,10 +719,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_agent":
-        agent_main()
+    if len(sys.argv) > 1 and sys.argv[1] == "_agents":
+        bench_agents.main()
     elif len(sys.argv) > 1 and sys.argv[1] == "_upstream":
-        serve_upstream(int(sys.argv[2]), threads=8)
+        bench_upstream.serve(int(sys.argv[2]), threads=8, account=ACCOUNT)
     elif len(sys.argv) > 1 and sys.argv[1] == "_large":
         large_main(json.loads(sys.argv[2]))
     else:
