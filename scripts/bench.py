@@ -196,6 +196,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of the process's threads now alive.
+
+    A thread blocks (a voluntary switch) when it waits for the GIL or for work:
+    saturated, bare mitmdump's one thread hardly ever does.
+    """
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
+
+
 def memory_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -309,6 +324,7 @@ class Figures:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_ms_per_request: float | None = None
+    switches_per_request: float | None = None
     idle_cpu_ms_per_s: float | None = None
     peak_rss_mib: float | None = None
     large_rss_mib: float | None = None
@@ -351,9 +367,11 @@ def run_small(way: Way, agents: Agents, duration: float) -> Figures:
     if (answer := agents.answer()) != "ready":
         raise RuntimeError(f"{way.name}: the agents did not warm up: {answer or 'no answer'}")
     cpu_before = cpu_seconds(way.pid) if way.pid else None
+    switches_before = context_switches(way.pid) if way.pid else None
     agents.tell("go")
     result = json.loads(agents.answer())
     cpu_after = cpu_seconds(way.pid) if way.pid else None
+    switches_after = context_switches(way.pid) if way.pid else None
     latencies = sorted(result["latencies"])
     seconds = result["end"] - result["start"]
     figures = Figures(
@@ -367,6 +385,8 @@ def run_small(way: Way, agents: Agents, duration: float) -> Figures:
     )
     if cpu_before is not None and cpu_after is not None:
         figures.cpu_ms_per_request = 1000 * (cpu_after - cpu_before) / len(latencies)
+    if switches_before is not None and switches_after is not None:
+        figures.switches_per_request = (switches_after - switches_before) / len(latencies)
     return figures
 
 
@@ -575,12 +595,14 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print(f"note: {ROUTE_CHOICE}")
     header = (
-        f"{'way':<26}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms/req':>11}{'idle ms/s':>10}"
+        f"{'way':<26}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms/req':>11}{'csw/req':>8}"
+        f"{'idle ms/s':>10}"
         f"{'peak RSS':>10}{'RSS large':>10}{'up MiB/s':>9}{'down MiB/s':>11}{'errors':>7}"
     )
     print(
         "CPU ms/req: the proxy process only, all its threads (/proc/PID/stat), agents' calls "
-        "divided in; idle ms/s: its CPU with no traffic; RSS in MiB (peak: VmHWM; large: "
+        "divided in; csw/req: its threads' context switches per call; idle ms/s: its CPU with "
+        "no traffic; RSS in MiB (peak: VmHWM; large: "
         "highest VmRSS while the large object streams)"
     )
     print(header)
@@ -590,7 +612,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"{row['name']:<26}{fmt(row['rps'], 0):>8}{fmt(row['p50_ms'], 2):>8}"
             f"{fmt(row['p99_ms'], 2):>8}{fmt(row['cpu_ms_per_request'], 2):>11}"
-            f"{fmt(row['idle_cpu_ms_per_s'], 1):>10}"
+            f"{fmt(row['switches_per_request'], 1):>8}{fmt(row['idle_cpu_ms_per_s'], 1):>10}"
             f"{fmt(row['peak_rss_mib'], 0):>10}{fmt(row['large_rss_mib'], 0):>10}"
             f"{fmt(row['large_upload_mib_s'], 0):>9}{fmt(row['large_download_mib_s'], 0):>11}"
             f"{row['errors']:>7}{large_ok}"

@@ -44,6 +44,7 @@ def test_bench_measures_every_way_without_errors() -> None:
         assert row["requests"] > 0 and row["errors"] == 0, name
         if name != "direct":
             assert row["cpu_ms_per_request"] > 0 and row["peak_rss_mib"] > 0, name
+            assert row["switches_per_request"] >= 0, name
     for name in ("direct", "bare mitmdump", "awsgate (SQLite)"):
         assert rows[name]["large_ok"] is True, name  # uploaded and read back, SHA-256 equal
     assert set(report["ratios"]) == set(WAYS[2:])
