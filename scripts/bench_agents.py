@@ -5,8 +5,9 @@ reach it through ``HTTPS_PROXY`` (CONNECT, then TLS checked against the way's CA
 bundle) or straight to an endpoint URL, and alternates sts:GetCallerIdentity and
 dynamodb:GetItem, each signed by botocore's SigV4 signer with the agent's own
 credentials (minted through the way, as boto3 does, when the way gives no key).
-No SDK client stack on the hot path: boto3 spends more CPU per call than the proxy
-under test, and on a two-core machine agents that heavy are the bottleneck.
+No SDK client stack on the hot path: boto3 spends about 2.7 ms of CPU per call here
+(this 0.7 ms), more than half of what bare mitmdump spends, and on a two-core machine
+agents that heavy, with moto answering every call, left the proxy short of a core.
 """
 
 from __future__ import annotations
