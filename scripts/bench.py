@@ -694,7 +694,12 @@ def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--agents", type=int, default=8, help="concurrent agents (default 8)")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=8,
+        help="concurrent agents, each with its own connections and credentials (default 8)",
+    )
     parser.add_argument(
         "--duration", type=float, default=10, help="seconds of small calls per way (default 10)"
     )
