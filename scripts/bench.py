@@ -312,6 +312,7 @@ class Way:
     env: dict[str, str]  # the agents' environment
     endpoint_url: str | None = None
     pid: int | None = None  # the proxy process measured, if any
+    large: bool = True  # the large object goes this way too
 
 
 @dataclass
@@ -324,6 +325,7 @@ class Figures:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_ms_per_request: float | None = None
+    cpu_ms_per_request_rounds: list[float] = field(default_factory=list)
     switches_per_request: float | None = None
     idle_cpu_ms_per_s: float | None = None
     peak_rss_mib: float | None = None
@@ -356,7 +358,18 @@ class Agents:
         return self.process.stdout.readline().strip()
 
 
-def run_small(way: Way, agents: Agents, duration: float) -> Figures:
+@dataclass
+class Round:
+    """One round of small calls through one way."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+    cpu_seconds: float | None  # the proxy's, during the round
+    switches: int | None
+
+
+def run_round(way: Way, agents: Agents, duration: float) -> Round:
     spec = {
         "agents": agents.count,
         "duration": duration,
@@ -366,27 +379,43 @@ def run_small(way: Way, agents: Agents, duration: float) -> Figures:
     agents.tell(json.dumps(spec))
     if (answer := agents.answer()) != "ready":
         raise RuntimeError(f"{way.name}: the agents did not warm up: {answer or 'no answer'}")
-    cpu_before = cpu_seconds(way.pid) if way.pid else None
-    switches_before = context_switches(way.pid) if way.pid else None
+    cpu_before = cpu_seconds(way.pid) if way.pid else 0.0
+    switches_before = context_switches(way.pid) if way.pid else 0
     agents.tell("go")
     result = json.loads(agents.answer())
-    cpu_after = cpu_seconds(way.pid) if way.pid else None
-    switches_after = context_switches(way.pid) if way.pid else None
-    latencies = sorted(result["latencies"])
-    seconds = result["end"] - result["start"]
-    figures = Figures(
-        name=way.name,
-        requests=len(latencies),
+    return Round(
+        latencies=result["latencies"],
         errors=result["errors"],
+        seconds=result["end"] - result["start"],
+        cpu_seconds=cpu_seconds(way.pid) - cpu_before if way.pid else None,
+        switches=context_switches(way.pid) - switches_before if way.pid else None,
+    )
+
+
+def summarize(name: str, rounds: list[Round]) -> Figures:
+    """All rounds of one way pooled: its calls, its latencies, its CPU."""
+    latencies = sorted(value for one in rounds for value in one.latencies)
+    seconds = sum(one.seconds for one in rounds)
+    figures = Figures(
+        name=name,
+        requests=len(latencies),
+        errors=sum(one.errors for one in rounds),
         seconds=seconds,
         rps=len(latencies) / seconds,
         p50_ms=1000 * statistics.median(latencies),
         p99_ms=1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
     )
-    if cpu_before is not None and cpu_after is not None:
-        figures.cpu_ms_per_request = 1000 * (cpu_after - cpu_before) / len(latencies)
-    if switches_before is not None and switches_after is not None:
-        figures.switches_per_request = (switches_after - switches_before) / len(latencies)
+    cpu = [one.cpu_seconds for one in rounds if one.cpu_seconds is not None]
+    switches = [one.switches for one in rounds if one.switches is not None]
+    if cpu:
+        figures.cpu_ms_per_request = 1000 * sum(cpu) / len(latencies)
+        figures.cpu_ms_per_request_rounds = [
+            round(1000 * one.cpu_seconds / len(one.latencies), 3)
+            for one in rounds
+            if one.cpu_seconds is not None
+        ]
+    if switches:
+        figures.switches_per_request = sum(switches) / len(latencies)
     return figures
 
 
@@ -411,23 +440,17 @@ def run_large(way: Way, figures: Figures, path: Path, sha256: str) -> None:
 IDLE_SECONDS = 2.0
 
 
-def measure(
-    way: Way, args: argparse.Namespace, agents: Agents, large: tuple[Path, str] | None
-) -> Figures:
-    idle = None
-    if way.pid is not None:
-        # What the proxy spends with no traffic (the gateway's pollers): the per-request
-        # figure includes it, which weighs more the fewer requests a second there are.
-        before = cpu_seconds(way.pid)
-        time.sleep(IDLE_SECONDS)
-        idle = 1000 * (cpu_seconds(way.pid) - before) / IDLE_SECONDS
-    figures = run_small(way, agents, args.duration)
-    figures.idle_cpu_ms_per_s = idle
-    if large is not None:
-        run_large(way, figures, *large)
-    if way.pid is not None:
-        figures.peak_rss_mib = memory_kib(way.pid, "VmHWM") / 1024
-    return figures
+def idle_cpu(way: Way) -> float | None:
+    """What the proxy spends with no traffic (the gateway's pollers), in ms per second.
+
+    The per-request figure includes it, which weighs more the fewer requests a
+    second there are.
+    """
+    if way.pid is None:
+        return None
+    before = cpu_seconds(way.pid)
+    time.sleep(IDLE_SECONDS)
+    return 1000 * (cpu_seconds(way.pid) - before) / IDLE_SECONDS
 
 
 # -- the proxies ---------------------------------------------------------------------------
@@ -492,7 +515,8 @@ def bare_mitmdump(
             AWS_ACCESS_KEY_ID=moto.access_key,
             AWS_SECRET_ACCESS_KEY=moto.secret_key,
         )
-        yield Way(SIGV4_ONLY if verify_and_resign else "bare mitmdump", env, pid=process.pid)
+        name = SIGV4_ONLY if verify_and_resign else "bare mitmdump"
+        yield Way(name, env, pid=process.pid, large=not verify_and_resign)
     finally:
         stop(process)
         log.close()
@@ -529,7 +553,8 @@ def full_gateway(
     gateway.start(moto, extra_args=("--set", "flow_detail=0"), scripts_before=before)
     try:
         assert gateway.process is not None
-        yield Way(name, agent_env(gateway, token_file=token_file), pid=gateway.process.pid)
+        env = agent_env(gateway, token_file=token_file)
+        yield Way(name, env, pid=gateway.process.pid, large=not without_store_writes)
     finally:
         gateway.stop()
 
@@ -589,9 +614,9 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB")
     w = report["workload"]
     print(
-        f"workload: {w['agents']} agents x {w['duration_s']:.0f} s of sts:GetCallerIdentity + "
-        f"dynamodb:GetItem (keep-alive); then one {w['large_mib']} MiB S3 object up "
-        f"(multipart) and down (one GET)"
+        f"workload: {w['agents']} agents x {w['rounds']} rounds x {w['duration_s']:g} s of "
+        f"sts:GetCallerIdentity + dynamodb:GetItem (keep-alive; the ways take turns in each "
+        f"round); then one {w['large_mib']} MiB S3 object up (multipart) and down (one GET)"
     )
     print(f"note: {ROUTE_CHOICE}")
     header = (
@@ -620,6 +645,10 @@ def print_table(report: dict[str, Any]) -> None:
     for name, values in report["ratios"].items():
         text = ", ".join(f"{key} x{value:.2f}" for key, value in values.items())
         print(f"{name} / bare mitmdump: {text}")
+    for row in report["rows"]:
+        if row["cpu_ms_per_request_rounds"]:
+            text = " ".join(f"{value:.2f}" for value in row["cpu_ms_per_request_rounds"])
+            print(f"CPU ms/req by round, {row['name']}: {text}")
     for note in report["notes"]:
         print(f"note: {note}")
 
@@ -628,66 +657,88 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> list[Figures]:
-    """Every way in turn against one upstream, one issuer and one large file."""
+    """Every way at once against one upstream, one issuer and one large file.
+
+    The ways take turns, round after round, so that the machine's drift falls on
+    all of them alike; then the large object goes through each in turn.
+    """
     from addons.auth.devidp import DevIdp
 
-    rows: list[Figures] = []
     large = None
     if args.large_mib:
         path = workdir / "large.bin"
         large = (path, write_large_file(path, args.large_mib * MIB))
     certs = workdir / "certs"
     make_ca(certs)
-    with upstream(workdir) as moto:
+    with upstream(workdir) as moto, contextlib.ExitStack() as stack:
         seed(moto)
         dev_idp = DevIdp(workdir / "idp-keys")
         idp = dev_idp.serve("127.0.0.1", 0)
+        stack.callback(idp.stop)
         token_file = workdir / "agent.token"
         token_file.write_text(dev_idp.token("bench-agent", groups=["agents"], aud="awsgate"))
         gateway_args = (moto, idp.url, token_file)
-        agents = Agents(args.agents)
-        try:
-            keys = {"AWS_ACCESS_KEY_ID": moto.access_key, "AWS_SECRET_ACCESS_KEY": moto.secret_key}
-            rows.append(
-                measure(Way("direct", base_env(**keys), endpoint_url=moto.url), args, agents, large)
+        keys = {"AWS_ACCESS_KEY_ID": moto.access_key, "AWS_SECRET_ACCESS_KEY": moto.secret_key}
+        sqlite = "sqlite:///awsgate.sqlite"
+        ways = [
+            Way("direct", base_env(**keys), endpoint_url=moto.url),
+            stack.enter_context(bare_mitmdump(workdir / "bare", moto, certs)),
+            stack.enter_context(
+                full_gateway("awsgate (SQLite)", workdir / "full", *gateway_args, sqlite)
+            ),
+        ]
+        if args.breakdown:
+            ways.append(
+                stack.enter_context(
+                    bare_mitmdump(workdir / "sigv4", moto, certs, verify_and_resign=True)
+                )
             )
-            with bare_mitmdump(workdir / "bare", moto, certs) as way:
-                rows.append(measure(way, args, agents, large))
-            sqlite = "sqlite:///awsgate.sqlite"
-            with full_gateway("awsgate (SQLite)", workdir / "full", *gateway_args, sqlite) as way:
-                rows.append(measure(way, args, agents, large))
-            if args.breakdown:
-                with bare_mitmdump(workdir / "sigv4", moto, certs, verify_and_resign=True) as way:
-                    rows.append(measure(way, args, agents, None))
-                notes.append(
-                    f"'{SIGV4_ONLY}': bare mitmdump plus checking the agent's SigV4 signature "
-                    "and re-signing, with the chain's own code (small calls only)"
+            notes.append(
+                f"'{SIGV4_ONLY}': bare mitmdump plus checking the agent's SigV4 signature "
+                "and re-signing, with the chain's own code (small calls only)"
+            )
+            name = "awsgate, no store writes"
+            ways.append(
+                stack.enter_context(
+                    full_gateway(name, workdir / "nostore", *gateway_args, sqlite, True)
                 )
-                name = "awsgate, no store writes"
-                with full_gateway(name, workdir / "nostore", *gateway_args, sqlite, True) as way:
-                    rows.append(measure(way, args, agents, None))
-                notes.append(
-                    f"'{name}': record writes acknowledged but not made (small calls only)"
+            )
+            notes.append(f"'{name}': record writes acknowledged but not made (small calls only)")
+        pg_url = os.environ.get("AWSGATE_TEST_PG_URL")
+        if args.no_postgres:
+            notes.append("PostgreSQL row skipped (--no-postgres)")
+        elif not pg_url:
+            notes.append(
+                "PostgreSQL row skipped: no server (scripts/bench starts one when "
+                "PostgreSQL is installed or installable as root)"
+            )
+        else:
+            store = stack.enter_context(throwaway_database(pg_url, "awsgate_bench"))
+            ways.append(
+                stack.enter_context(
+                    full_gateway("awsgate (PostgreSQL)", workdir / "full-pg", *gateway_args, store)
                 )
-            pg_url = os.environ.get("AWSGATE_TEST_PG_URL")
-            if args.no_postgres:
-                notes.append("PostgreSQL row skipped (--no-postgres)")
-            elif not pg_url:
-                notes.append(
-                    "PostgreSQL row skipped: no server (scripts/bench starts one when "
-                    "PostgreSQL is installed or installable as root)"
-                )
-            else:
-                with (
-                    throwaway_database(pg_url, "awsgate_bench") as store,
-                    full_gateway(
-                        "awsgate (PostgreSQL)", workdir / "full-pg", *gateway_args, store
-                    ) as way,
-                ):
-                    rows.append(measure(way, args, agents, large))
-        finally:
-            agents.close()
-            idp.stop()
+            )
+        notes.append(
+            "every proxy runs from the first round to the last; the idle ones spend their "
+            "idle ms/s meanwhile"
+        )
+        agents = Agents(args.agents)
+        stack.callback(agents.close)
+        idle = {way.name: idle_cpu(way) for way in ways}
+        rounds: dict[str, list[Round]] = {way.name: [] for way in ways}
+        for _ in range(args.rounds):
+            for way in ways:
+                rounds[way.name].append(run_round(way, agents, args.duration))
+        rows = []
+        for way in ways:
+            figures = summarize(way.name, rounds[way.name])
+            figures.idle_cpu_ms_per_s = idle[way.name]
+            if large is not None and way.large:
+                run_large(way, figures, *large)
+            if way.pid is not None:
+                figures.peak_rss_mib = memory_kib(way.pid, "VmHWM") / 1024
+            rows.append(figures)
     return rows
 
 
@@ -701,7 +752,16 @@ def main() -> int:
         help="concurrent agents, each with its own connections and credentials (default 8)",
     )
     parser.add_argument(
-        "--duration", type=float, default=10, help="seconds of small calls per way (default 10)"
+        "--duration",
+        type=float,
+        default=4,
+        help="seconds of small calls per way and round (default 4)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of small calls; the ways take turns in each (default 3)",
     )
     parser.add_argument(
         "--large-mib", type=int, default=1024, help="size of the large S3 object (0 to skip)"
@@ -728,6 +788,7 @@ def main() -> int:
         "workload": {
             "agents": args.agents,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "large_mib": args.large_mib,
             "calls": ["sts:GetCallerIdentity", "dynamodb:GetItem"],
         },

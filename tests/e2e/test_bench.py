@@ -34,7 +34,8 @@ WAYS = [
 
 def test_bench_measures_every_way_without_errors() -> None:
     command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--json", "--breakdown"]
-    command += ["--agents", "2", "--duration", "2", "--large-mib", "8", "--no-postgres"]
+    command += ["--agents", "2", "--rounds", "2", "--duration", "1", "--large-mib", "8"]
+    command += ["--no-postgres"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -45,6 +46,7 @@ def test_bench_measures_every_way_without_errors() -> None:
         if name != "direct":
             assert row["cpu_ms_per_request"] > 0 and row["peak_rss_mib"] > 0, name
             assert row["switches_per_request"] >= 0, name
+            assert len(row["cpu_ms_per_request_rounds"]) == 2, name
     for name in ("direct", "bare mitmdump", "awsgate (SQLite)"):
         assert rows[name]["large_ok"] is True, name  # uploaded and read back, SHA-256 equal
     assert set(report["ratios"]) == set(WAYS[2:])
