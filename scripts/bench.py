@@ -754,8 +754,8 @@ def main() -> int:
     parser.add_argument(
         "--duration",
         type=float,
-        default=4,
-        help="seconds of small calls per way and round (default 4)",
+        default=3,
+        help="seconds of small calls per way and round (default 3)",
     )
     parser.add_argument(
         "--rounds",
