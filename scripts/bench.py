@@ -776,6 +776,8 @@ def main() -> int:
         "the full chain with record writes acknowledged but not made",
     )
     args = parser.parse_args()
+    if args.agents < 1 or args.rounds < 1 or args.duration <= 0 or args.large_mib < 0:
+        parser.error("--agents, --rounds and --duration must be positive, --large-mib at least 0")
     workdir = Path(tempfile.mkdtemp(prefix="awsgate-bench-", dir="/tmp"))
     started = time.monotonic()
     notes: list[str] = []

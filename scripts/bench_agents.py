@@ -117,6 +117,8 @@ class Connection:
 
 
 class Agent:
+    """One agent: its own credentials and connections, the calls in turn, its latencies."""
+
     def __init__(self, index: int, credentials: ReadOnlyCredentials, spec: dict[str, Any]):
         self.turn = index  # agents start on different calls
         self.credentials = credentials

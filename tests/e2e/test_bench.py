@@ -76,3 +76,10 @@ def test_the_bench_upstream_replays_moto_answers_only_to_calls_moto_accepts(tmp_
             assert _post(moto.port, call, good) == first, call.service  # replayed
             status, body = _post(moto.port, call, wrong)  # replayable, but moto refuses it
             assert status in (400, 403) and b"Signature" in body, call.service
+
+
+def test_the_bench_refuses_a_run_that_measures_nothing() -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rounds", "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert "--rounds and --duration must be positive" in done.stderr
