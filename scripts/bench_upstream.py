@@ -7,7 +7,7 @@ calls are answered by moto the first time, and from then on replayed from memory
 (1.2 ms a call) once moto's own signature check
 (``moto.iam.access_control.IAMRequest``) accepts the call. A call that fails the
 check, and every other call (the large S3 object), goes to moto, which answers it
-in full. Bench only: never used by the gateway or tests.
+in full. Bench only (and its own test): never used by the gateway.
 """
 
 from __future__ import annotations
