@@ -45,6 +45,9 @@ class Operation:
     protocol: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     resources: list[str] = field(default_factory=list)
+    # The body carries parameters the gateway could not read (streamed, too large,
+    # malformed): ``params`` and ``resources`` may be missing some.
+    unread: bool = False
 
     UNKNOWN = "unknown"
 

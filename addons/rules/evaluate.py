@@ -17,6 +17,10 @@ Matching is IAM-like and leans towards refusing:
 * A ``params`` condition on a parameter the request does not carry does not
   match (so an allow bounded by ``MaxCount`` never allows a request without
   one; bound with allow rules rather than with denies on optional parameters).
+* When the request's body carries parameters the gateway could not read
+  (streamed, too large, malformed), its resources and parameters may be
+  incomplete: every ``resources`` or ``params`` condition then holds for a
+  deny or review rule and fails for an allow rule.
 * Credential-minting actions and unresolved (``unknown``) operations can only
   be allowed or reviewed by a rule that names them exactly; ``*`` or
   ``sts:*`` never does. Deny rules match them through wildcards as usual.
@@ -107,7 +111,10 @@ def _rest_matches(rule: Rule, principal: Principal, operation: Operation) -> boo
         _principal_matches(rule.principals, principal)
         and (rule.regions is None or any(glob.matches(operation.region) for glob in rule.regions))
         and _resources_match(rule, operation, restricting)
-        and all(_param_matches(c, operation.params, restricting) for c in rule.params)
+        and all(
+            restricting if operation.unread else _param_matches(c, operation.params, restricting)
+            for c in rule.params
+        )
     )
 
 
@@ -130,6 +137,8 @@ def _action_matches(pattern: ActionPattern, operation: Operation, *, broad: bool
 def _resources_match(rule: Rule, operation: Operation, restricting: bool) -> bool:
     if rule.resources is None:
         return True
+    if operation.unread:
+        return restricting
     resources = operation.resources or ["*"]
     covered = (any(glob.matches(arn) for glob in rule.resources) for arn in resources)
     return any(covered) if restricting else all(covered)
@@ -164,7 +173,9 @@ def _decision(rule: Rule, operation: Operation) -> Decision:
     subject = _subject(operation)
     verb = {"allow": "allowed", "deny": "denied", "review": "review required"}[rule.effect]
     approvers = tuple(selector.text for selector in rule.approvers)
-    detail = f"{subject}; approvers: {', '.join(approvers)}" if approvers else subject
+    detail = subject + ("; its body was not read" if operation.unread else "")
+    if approvers:
+        detail += f"; approvers: {', '.join(approvers)}"
     return Decision(
         rule.effect, rule.name, f"awsgate: {verb} by rule {rule.name!r} ({detail})", approvers
     )

@@ -69,6 +69,11 @@ rules:
     actions: ["ec2:RunInstances"]
     params:
       MaxCount: {gt: 10}
+  - name: no-protected-deletes
+    effect: deny
+    principals: ["*"]
+    actions: ["s3:DeleteObject*"]
+    resources: ["arn:aws:s3:::team-*/protected/*"]
   - name: secret-deletes-need-review
     effect: review
     principals: ["*"]
@@ -225,6 +230,49 @@ def test_aws_cli_sqs_is_decided_by_policy(agent: dict[str, str], moto: harness.M
     no_retries = {**agent, "AWS_MAX_ATTEMPTS": "1"}
     done = harness.aws_cli(no_retries, "sqs", "delete-queue", "--queue-url", url)
     assert denied(done, "no-queue-deletes"), done.stderr
+
+
+def test_a_thousand_key_delete_is_decided_on_every_key(
+    agent: dict[str, str], moto: harness.Moto
+) -> None:
+    """``aws s3 rm --recursive`` sends 1,000 keys at a time, a body well over 64 KiB; the
+    one protected key among them denies the batch (and a batch too large to read too)."""
+    bucket = unique("team-data")
+    s3 = harness.agent_client(agent, "s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="protected/ledger", Body=b"v")
+    for length in (100, 1000):  # a body of about 120 KiB, then one streamed (over 1 MiB)
+        keys = [f"scratch/{i:04}-{'k' * length}" for i in range(999)] + ["protected/ledger"]
+        error = refusal(
+            lambda keys=keys: s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys]}
+            )
+        )
+        assert error["Message"].startswith("awsgate: denied by rule 'no-protected-deletes'")
+    moto.client("s3").head_object(Bucket=bucket, Key="protected/ledger")  # still there
+
+
+def test_an_operation_named_two_ways_is_refused(
+    policy_gateway: harness.Gateway, agent: dict[str, str], moto: harness.Moto
+) -> None:
+    """A JSON target the policy allows on a form body whose Action it denies: moto (like
+    any server) may obey either, so the gateway names neither and refuses the call."""
+    name = unique("queue")
+    url = moto.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+    request = AWSRequest(
+        "POST",
+        "https://sqs.us-east-1.amazonaws.com/",
+        data=f"Action=DeleteQueue&Version=2012-11-05&QueueUrl={url}".encode(),
+        headers={
+            "X-Amz-Target": "AmazonSQS.GetQueueUrl",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    status, body = send_signed(policy_gateway, agent, "sqs", request)
+    assert status == 403
+    assert body["message"].startswith("awsgate: denied by rule 'default-deny' (no rule allows")
+    assert "sqs:unknown" in body["message"]
+    assert moto.client("sqs").get_queue_url(QueueName=name)["QueueUrl"].endswith(name)
 
 
 # -- params: bounded EC2 launches ---------------------------------------------------------

@@ -510,6 +510,112 @@ def test_malformed_json_body_keeps_the_operation(
     request = RawRequest("POST", "dynamodb.us-east-1.amazonaws.com", "/", "", headers, body)
     operation = resolve(request, "dynamodb", "us-east-1")
     assert (operation.name, operation.params, operation.resources) == ("PutItem", {}, [])
+    assert operation.unread
+
+
+DYNAMODB_JSON = {
+    "Content-Type": "application/x-amz-json-1.0",
+    "X-Amz-Target": "DynamoDB_20120810.DeleteTable",
+}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,  # streamed
+        b'{"TableName": "prod-ledger"}' + b" " * (1 << 20),  # over the parse limit
+        # parsers differ on which repeated key wins: AWS may delete the other table
+        b'{"TableName": "scratch", "TableName": "prod-ledger"}',
+        b'{"Key": {"pk": {"S": "a"}, "pk": {"S": "b"}}, "TableName": "t"}',
+    ],
+)
+def test_a_body_not_read_is_marked_unread(body: bytes | None) -> None:
+    request = RawRequest("POST", "dynamodb.us-east-1.amazonaws.com", "/", "", DYNAMODB_JSON, body)
+    operation = resolve(request, "dynamodb", "us-east-1", ACCOUNT)
+    assert (operation.name, operation.resources, operation.unread) == ("DeleteTable", [], True)
+
+
+def test_a_readable_body_is_not_marked_unread() -> None:
+    body = b'{"TableName": "prod-ledger"}'
+    request = RawRequest("POST", "dynamodb.us-east-1.amazonaws.com", "/", "", DYNAMODB_JSON, body)
+    operation = resolve(request, "dynamodb", "us-east-1", ACCOUNT)
+    assert operation.resources == [f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/prod-ledger"]
+    assert not operation.unread
+    empty = RawRequest("POST", "sts.amazonaws.com", "/", "", FORM, b"")
+    assert not resolve(empty, "sts", "us-east-1").unread
+
+
+def test_a_thousand_keys_of_delete_objects_are_read() -> None:
+    keys = [f"protected/{'k' * 100}-{i}" for i in range(1000)]
+    body = (
+        b"<Delete>"
+        + b"".join(f"<Object><Key>{key}</Key></Object>".encode() for key in keys)
+        + b"</Delete>"
+    )
+    assert len(body) > 64 << 10
+    operation = s3("POST", "/data", "delete", body=body)
+    assert not operation.unread
+    assert f"arn:aws:s3:::data/{keys[-1]}" in operation.resources
+
+
+def test_streamed_or_unparsable_delete_objects_are_unread() -> None:
+    for body in (None, b"<Delete><Object><Key>a", b"<!DOCTYPE d><Delete/>"):
+        operation = s3("POST", "/data", "delete", body=body)
+        assert (operation.name, operation.unread) == ("DeleteObjects", True)
+        assert operation.params == {"Bucket": "data"}  # the path still counts
+    assert not s3("PUT", "/data/key", body=None).unread  # a blob payload is data
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "headers", "body"),
+    [
+        # a JSON target and a query Action in the form body or in the query string
+        ("/", "", {**FORM, "X-Amz-Target": "AmazonSQS.ListQueues"}, b"Action=DeleteQueue"),
+        ("/", "Action=DeleteQueue", {"X-Amz-Target": "AmazonSQS.ListQueues"}, b"{}"),
+        # a JSON target on a form body
+        ("/", "", {**FORM, "X-Amz-Target": "AmazonSQS.ListQueues"}, b"QueueUrl=x"),
+    ],
+)
+def test_an_operation_named_two_ways_is_unknown(
+    path: str, query: str, headers: dict[str, str], body: bytes
+) -> None:
+    request = RawRequest("POST", "sqs.us-east-1.amazonaws.com", path, query, headers, body)
+    assert not resolve(request, "sqs", "us-east-1").known
+
+
+def test_cloudwatch_named_two_ways_is_unknown() -> None:
+    cbor_path = "/service/GraniteServiceVersion20100801/operation/DeleteAlarms"
+    target = {"X-Amz-Target": "GraniteServiceVersion20100801.DescribeAlarms"}
+    for path, query, headers in [
+        (cbor_path, "", {"smithy-protocol": "rpc-v2-cbor", **target}),
+        (cbor_path, "Action=DescribeAlarms", {"smithy-protocol": "rpc-v2-cbor"}),
+        ("/", "", {**FORM, **target}),
+    ]:
+        request = RawRequest("POST", "monitoring.us-east-1.amazonaws.com", path, query, headers)
+        assert not resolve(request, "monitoring", "us-east-1").known
+
+
+def test_form_media_type_ignores_case() -> None:
+    headers = {"Content-Type": "Application/X-WWW-Form-Urlencoded; Charset=UTF-8"}
+    body = b"Action=DeleteUser&Version=2010-05-08&UserName=admin"
+    request = RawRequest("POST", "iam.amazonaws.com", "/", "", headers, body)
+    operation = resolve(request, "iam", "us-east-1", ACCOUNT)
+    assert operation.params == {"UserName": "admin"}
+    assert operation.resources == [f"arn:aws:iam::{ACCOUNT}:user/admin"]
+
+
+def test_query_calls_away_from_the_root_path_are_unread() -> None:
+    # SQS's legacy form names the queue in the path, where no parameter says it.
+    request = RawRequest(
+        "POST", "sqs.us-east-1.amazonaws.com", f"/{ACCOUNT}/prod-orders", "", FORM,
+        b"Action=DeleteQueue&Version=2012-11-05",
+    )  # fmt: skip
+    operation = resolve(request, "sqs", "us-east-1", ACCOUNT)
+    assert (operation.name, operation.unread) == ("DeleteQueue", True)
+    streamed = RawRequest(
+        "POST", "sqs.us-east-1.amazonaws.com", "/", "Action=DeleteQueue", FORM, None
+    )
+    assert resolve(streamed, "sqs", "us-east-1").unread
 
 
 @pytest.mark.parametrize(
@@ -524,6 +630,7 @@ def test_malformed_xml_body(body: bytes) -> None:
     operation = s3("POST", "/bucket", "delete", body=body)
     assert operation.name == "DeleteObjects"
     assert operation.params == {"Bucket": "bucket"}
+    assert operation.unread
 
 
 def test_malformed_cbor_and_query() -> None:

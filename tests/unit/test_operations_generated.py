@@ -140,6 +140,8 @@ def check(service: str, protocol: str, op: botocore.model.OperationModel) -> tup
         if resolved.known and same_wire(protocol, service, op, resolved.service, resolved.name):
             return False, f"ambiguous with {resolved.action}: {_wire_key(protocol, op)}"
         return False, f"resolved as {resolved.action}"
+    if resolved.unread:  # a deny scoped to resources or parameters would match any such call
+        return False, "its body was taken as unreadable"
     for name, value in params.items():
         member = shape.members[name]
         if name not in resolved.params:

@@ -228,6 +228,33 @@ def test_resource_star_matches_operations_without_resources(policy_from) -> None
     assert decide(policy_from, rules, op("s3:ListBuckets")).effect == "allow"
 
 
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        # a deny scoped to resources may concern what the unread body names
+        (RESOURCE_RULES + rule("all", "allow", '["s3:*"]'), "deny"),
+        # an allow scoped to resources cannot be shown to cover it
+        (rule("demo", "allow", '["s3:*"]', resources='["arn:aws:s3:::demo-*"]'), "deny"),
+        # an allow with no resources or parameters still covers it
+        (rule("all", "allow", '["s3:*"]'), "allow"),
+        # parameter conditions: a review holds it, an allow does not cover it
+        (
+            rule("all", "allow", '["s3:*"]')
+            + rule("quiet", "review", '["s3:DeleteObjects"]', params='{"Delete.Quiet": true}'),
+            "review",
+        ),
+        (rule("quiet", "allow", '["s3:*"]', params='{"Delete.Quiet": false}'), "deny"),
+    ],
+)
+def test_a_body_not_read_leans_towards_refusing(policy_from, rules: str, expected: str) -> None:
+    operation = op("s3:DeleteObjects", "arn:aws:s3:::demo-1")
+    operation.unread = True
+    decision = decide(policy_from, rules, operation)
+    assert decision.effect == expected
+    if expected != "deny" or decision.rule != "default-deny":
+        assert "its body was not read" in decision.message
+
+
 def test_message_lists_at_most_three_resources(policy_from) -> None:
     resources = [f"arn:aws:s3:::b{i}" for i in range(5)]
     decision = decide(policy_from, "", op("s3:DeleteObjects", *resources))
