@@ -28,6 +28,9 @@ class Principal:
     role: str | None = None
     session_id: str | None = None
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The proxy-token session (``tok-...``) of the web identity token these session
+    # credentials were minted from: revoking it revokes them.
+    parent_session_id: str | None = None
 
     @property
     def name(self) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Set
@@ -26,6 +25,7 @@ from mitmproxy import connection, exceptions, http
 
 from addons import settings
 from addons.auth import oidc, sessions, sts
+from addons.auth.oidc import token_session_id
 from addons.aws import endpoints, sigv4
 from addons.context import GateContext, Operation, Principal, Refusal
 from addons.flowview import agent_request_head
@@ -57,11 +57,6 @@ def proxy_token(header: str | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return password if user == PROXY_USER and password else None
-
-
-def token_session_id(token: str) -> str:
-    """The session id of a proxy-auth token: stable per token, revealing nothing of it."""
-    return "tok-" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def is_sts(flow: http.HTTPFlow) -> bool:
@@ -160,6 +155,8 @@ class Admission:
                 f"awsgate: the revocation list could not be read for {stale:.0f}s; refused"
             )
         revoked = self.cache.is_revoked(principal.session_id, principal.subject)
+        if revoked is None and principal.parent_session_id is not None:
+            revoked = self.cache.is_revoked(principal.parent_session_id, None)
         if revoked is None:
             return None
         what = "session" if revoked.kind == revocations.SESSION else "principal"

@@ -228,7 +228,12 @@ class ValidatedToken:
     def subject(self) -> str:
         return self.claims["sub"]
 
-    def principal(self, role: str | None = None, session_id: str | None = None) -> Principal:
+    def principal(
+        self,
+        role: str | None = None,
+        session_id: str | None = None,
+        parent_session_id: str | None = None,
+    ) -> Principal:
         return Principal(
             issuer=self.issuer.url,
             subject=self.subject,
@@ -236,7 +241,14 @@ class ValidatedToken:
             role=role,
             session_id=session_id,
             claims=dict(self.claims),
+            parent_session_id=parent_session_id,
         )
+
+
+def token_session_id(token: str) -> str:
+    """The session id of a token used for proxy auth: stable per token, revealing nothing
+    of it. Credentials minted from the token carry it as their parent session."""
+    return "tok-" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 class TokenValidator:

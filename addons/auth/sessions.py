@@ -189,6 +189,7 @@ class SessionInfo:
     session_id: str
     expiration: datetime
     claims: dict[str, Any] = field(default_factory=dict, compare=False)
+    parent_session_id: str | None = None  # the token's session it was minted from
 
     def principal(self) -> Principal:
         return Principal(
@@ -198,6 +199,7 @@ class SessionInfo:
             role=self.role,
             session_id=self.session_id,
             claims=dict(self.claims),
+            parent_session_id=self.parent_session_id,
         )
 
 
@@ -228,6 +230,7 @@ class SessionMinter:
         role: str | None,
         duration: int,
         claims: Mapping[str, Any] | None = None,
+        parent_session_id: str | None = None,
         now: float | None = None,
     ) -> MintedCredentials:
         """New credentials for this identity, valid ``duration`` seconds from ``now``."""
@@ -244,6 +247,7 @@ class SessionMinter:
             "t": now,
             "e": now + duration,
             "c": session_claims(claims or {}),
+            "p": parent_session_id,
         }
         body = bytes([TOKEN_VERSION]) + json.dumps(payload, separators=(",", ":")).encode()
         mac = self._mac(self._token_mac, body)
@@ -286,9 +290,12 @@ class SessionMinter:
                 session_id=payload["d"],
                 expiration=datetime.fromtimestamp(expires, UTC),
                 claims=payload["c"],
+                parent_session_id=payload.get("p"),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise SessionError("invalid session token") from exc
+        if not isinstance(info.parent_session_id, str | None):
+            raise SessionError("invalid session token")
         if not isinstance(bound_key, str) or not isinstance(access_key_id, str):
             raise SessionError("invalid session token")
         if not hmac.compare_digest(bound_key.encode(), access_key_id.encode()):

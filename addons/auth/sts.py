@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
-from addons.auth.oidc import TokenError, TokenValidator
+from addons.auth.oidc import TokenError, TokenValidator, token_session_id
 from addons.auth.sessions import DurationError, MintedCredentials, SessionMinter, clamp_duration
 from addons.aws import errors
 from addons.context import Principal
@@ -235,7 +235,8 @@ def answer_web_identity(
             token = validator.validate(request.web_identity_token, now)
         except TokenError as exc:
             raise token_error(exc) from exc
-        principal = token.principal(role=request.role_name)
+        parent = token_session_id(request.web_identity_token)
+        principal = token.principal(role=request.role_name, parent_session_id=parent)
         denial = authorize(principal) if authorize else None
         if denial is not None:
             raise access_denied(denial)
@@ -248,11 +249,14 @@ def answer_web_identity(
         role=principal.role,
         duration=duration,
         claims=token.claims,
+        parent_session_id=parent,
         now=now,
     )
     body = render_response(
         request, minted, subject=token.subject, provider=token.claims["iss"],
         audience=token.audience, request_id=request_id,
     )
-    session_principal = token.principal(role=principal.role, session_id=minted.session_id)
+    session_principal = token.principal(
+        role=principal.role, session_id=minted.session_id, parent_session_id=parent
+    )
     return StsResponse(200, response_headers(request_id), body, session_principal)

@@ -719,6 +719,36 @@ def test_revoked_session_is_refused(
     harness.agent_client(web_identity_env(gateway, tmp_path, token), "sts").get_caller_identity()
 
 
+def test_revoked_token_session_stops_the_token_everywhere(
+    gateway: harness.Gateway, dev_idp: DevIdp, store: Engine, tmp_path: Path
+) -> None:
+    """Revoking a proxy token's session (``tok-...``, as its records show) stops the
+    token itself, the credentials minted from it, and its next web identity exchange."""
+    subject = unique("revoke-token")
+    token = dev_idp.token(subject, ["agents"])
+    proxied = harness.agent_client(proxy_env(gateway, token), "sts")
+    minted = harness.agent_client(web_identity_env(gateway, tmp_path, token), "sts")
+    proxied.get_caller_identity()
+    minted.get_caller_identity()
+    token_session = next(
+        row["session_id"]
+        for row in finished(store, 2, subject=subject, operation="GetCallerIdentity")
+        if row["session_id"].startswith("tok-")
+    )
+    awsgate_revoke(gateway, "--session", token_session, "--reason", "test: token leaked")
+    for client in (proxied, minted):
+        error = wait_for(lambda client=client: refusal(client.get_caller_identity))
+        assert "awsgate: session revoked (test: token leaked)" in message(error)
+    error = error_of(
+        lambda: harness.agent_client(web_identity_env(gateway, tmp_path, token), "sts")
+    )
+    assert error.response["Error"]["Code"] == "AccessDenied"
+    assert "awsgate: session revoked (test: token leaked)" in message(error)
+    # Another token of the same subject is not that session.
+    other = dev_idp.token(subject, ["agents"])
+    harness.agent_client(proxy_env(gateway, other), "sts").get_caller_identity()
+
+
 def test_revoked_principal_is_refused_everywhere(
     gateway: harness.Gateway, dev_idp: DevIdp, store: Engine, tmp_path: Path
 ) -> None:

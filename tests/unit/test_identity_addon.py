@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,6 +163,19 @@ def test_revoked_session_and_principal() -> None:
         "awsgate: principal revoked (compromised)"
     )
     assert admission.refusal(principal(session="s2")) is None
+
+
+def test_revoking_a_token_revokes_the_sessions_minted_from_it() -> None:
+    """``awsgate revoke --session tok-...`` stops the token's credentials and its next
+    exchange (whose principal carries the token's session as its parent)."""
+    cache = FakeCache(refreshed=100.0)
+    cache.revoked[("tok-1", None)] = revocation(revocations.SESSION, "tok-1", "leaked")
+    admission = Admission(frozenset(), cache, clock=Clock())
+    minted = dataclasses.replace(principal(session="s9"), parent_session_id="tok-1")
+    assert admission.refusal(minted) == "awsgate: session revoked (leaked)"
+    exchange = dataclasses.replace(principal(session=None), parent_session_id="tok-1")
+    assert admission.refusal(exchange) == "awsgate: session revoked (leaked)"
+    assert admission.refusal(dataclasses.replace(minted, parent_session_id="tok-2")) is None
 
 
 def test_stale_revocation_list_refuses_after_the_grace_period() -> None:

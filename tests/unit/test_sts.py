@@ -24,7 +24,7 @@ from botocore.config import Config
 
 from addons.auth import sts
 from addons.auth.devidp import DevIdp, DevIdpServer
-from addons.auth.oidc import TokenError, TokenValidator
+from addons.auth.oidc import TokenError, TokenValidator, token_session_id
 from addons.auth.sessions import DurationError, MintedCredentials, SessionMinter
 from addons.aws import models
 from addons.config import IssuerConfig
@@ -313,6 +313,9 @@ def test_boto3_assume_role_with_web_identity(
     assert answer["SubjectFromWebIdentityToken"] == "agent-7"
     assert answer["Provider"] == idp[1].url
     assert fake_sts.answers[-1].principal.session_id == info.session_id
+    # Revoking the token's own session (tok-...) revokes what was minted from it.
+    assert info.principal().parent_session_id == token_session_id(token)
+    assert fake_sts.answers[-1].principal.parent_session_id == token_session_id(token)
 
 
 @pytest.mark.parametrize(
