@@ -112,6 +112,7 @@ class Approval(RequestStage):
             gate.principal,
             gate.operation,
             decision,
+            gate.record_params,  # masked by RequestMasking, earlier in the chain
             flow.request.headers.get(INVOCATION_HEADER),
         )
         started = time.monotonic()

@@ -5,9 +5,11 @@ policy's ``masks`` are applied to API-shaped responses; ``scope: agent``
 values are replaced in the body the agent receives, ``scope: record`` values
 only in the record's copy. Responses the gateway answered itself (minted
 sessions) reach the agent as they are and are masked for the record only.
-Request side: secrets the agent sends (CreateSecret, PutParameter, ...) are
-masked in the record's copy of the body and parameters. Pattern detectors
-scrub free-text secrets from everything recorded.
+Request side (``RequestMasking``, before approval so that approvers and the
+approvals table see the masked copy too): secrets the agent sends
+(CreateSecret, PutParameter, ...) are masked in the record's copy of the body
+and parameters. Pattern detectors scrub free-text secrets from everything
+recorded.
 
 The record's copies go to ``GateContext.record_*``: the recording addon
 stores those, never the wire bodies. Output shapes with a streaming payload
@@ -27,6 +29,7 @@ from mitmproxy import exceptions, http
 from addons import context, settings
 from addons.aws import detectors, models, redact
 from addons.aws.wiredoc import WireError
+from addons.config import GatewayConfig
 from addons.context import GateContext, Operation
 from addons.hooks import fail_closed
 
@@ -39,22 +42,27 @@ def wire_protocol(operation: Operation) -> str:
     return operation.protocol or models.protocol(operation.service)
 
 
-class Masking:
+def configured_detectors(gateway_config: GatewayConfig) -> detectors.Detectors:
+    try:
+        return detectors.Detectors(gateway_config.mask_patterns)
+    except detectors.PatternError as exc:
+        raise exceptions.OptionsError(f"awsgate: {exc}") from exc
+
+
+def scrubbed(found: detectors.Detectors, body: bytes | None) -> bytes | None:
+    return found.scrub_bytes(body) if body else body
+
+
+class RequestMasking:
+    """The record's (and the held call's) masked copy of the request."""
+
     def __init__(self) -> None:
         self.detectors = detectors.Detectors()
-        self.stream_threshold = DEFAULT_STREAM_THRESHOLD
 
     def configure(self, updated: Set[str]) -> None:
         gateway_config = settings.reloaded(updated)
-        if gateway_config is None:
-            return
-        try:
-            self.detectors = detectors.Detectors(gateway_config.mask_patterns)
-        except detectors.PatternError as exc:
-            raise exceptions.OptionsError(f"awsgate: {exc}") from exc
-        self.stream_threshold = gateway_config.stream_threshold
-
-    # -- request: the record's copy ---------------------------------------------
+        if gateway_config is not None:
+            self.detectors = configured_detectors(gateway_config)
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -82,11 +90,24 @@ class Masking:
             operation.params,
             redact.builtin_rules(operation.action, "request") if operation.known else [],
         )
-        gate.record_request_body = self._scrub(result.record_body)
+        gate.record_request_body = scrubbed(self.detectors, result.record_body)
         gate.record_params = self.detectors.scrub_value(result.record_params)
         gate.masked.extend(str(item) for item in result.masked)
 
-    # -- response: the agent's body and the record's copy ------------------------
+
+class Masking:
+    """The agent's and the record's copies of the response."""
+
+    def __init__(self) -> None:
+        self.detectors = detectors.Detectors()
+        self.stream_threshold = DEFAULT_STREAM_THRESHOLD
+
+    def configure(self, updated: Set[str]) -> None:
+        gateway_config = settings.reloaded(updated)
+        if gateway_config is None:
+            return
+        self.detectors = configured_detectors(gateway_config)
+        self.stream_threshold = gateway_config.stream_threshold
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -130,7 +151,7 @@ class Masking:
                 response.headers.pop(name, None)
             else:
                 response.headers[name] = value
-        gate.record_response_body = self._scrub(masking.record_body)
+        gate.record_response_body = scrubbed(self.detectors, masking.record_body)
         gate.masked.extend(str(item) for item in masking.masked)
 
     def _mask_response(
@@ -167,6 +188,3 @@ class Masking:
         for mask in gate.masks:
             rules.extend(redact.FieldRule(path, mask.name, mask.scope) for path in mask.fields)
         return rules
-
-    def _scrub(self, body: bytes | None) -> bytes | None:
-        return self.detectors.scrub_bytes(body) if body else body

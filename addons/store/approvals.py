@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -95,13 +95,15 @@ def held_call(
     principal: Principal,
     operation: Operation,
     decision: Decision,
+    shown_parameters: Mapping[str, Any],
     invocation_id: str | None = None,
 ) -> HeldCall:
     """Describe a call under review; its fingerprint covers the unredacted parameters.
 
     Two calls with the same fingerprint are the same call: same principal,
     operation, resources and parameters. The fingerprint is a hash, so it
-    reveals no parameter it covers.
+    reveals no parameter it covers. ``shown_parameters`` are what approvers see
+    and the store keeps: the record's masked copy, never the wire's.
     """
     return HeldCall(
         request_id=request_id,
@@ -114,7 +116,7 @@ def held_call(
         operation=operation.name,
         region=operation.region,
         resources=tuple(operation.resources),
-        parameters=sanitize.parameters(operation.params),
+        parameters=sanitize.parameters(shown_parameters),
         rule=decision.rule,
         approvers=tuple(decision.approvers),
         fingerprint=_digest(

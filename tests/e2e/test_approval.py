@@ -48,7 +48,12 @@ rules:
   - name: agents-work
     effect: allow
     principals: ["group:agents"]
-    actions: ["s3:*", "sts:GetCallerIdentity"]
+    actions: ["s3:*", "sts:GetCallerIdentity", "secretsmanager:CreateSecret"]
+  - name: secret-writes-need-review
+    effect: review
+    principals: ["*"]
+    actions: ["secretsmanager:PutSecretValue"]
+    approvers: ["group:sre"]
   - name: bucket-deletes-need-review
     effect: review
     principals: ["*"]
@@ -347,6 +352,44 @@ def test_denied_call_fails_with_the_approver_and_reason(
     assert "sub:alice" in message and "not during the freeze" in message
     assert request.id in message
     assert bucket_exists(moto, bucket)
+
+
+def test_a_held_call_shows_approvers_no_secret(
+    gateway_a: harness.Gateway,
+    moto: harness.Moto,
+    store: Any,
+    tokens: dict[str, Path],
+    agent_token_file: Path,
+    receiver: WebhookReceiver,
+    pool: ThreadPoolExecutor,
+) -> None:
+    """The approval request, the approvals table and the webhook get the record's masked
+    parameters: a secret the agent sends is hidden from approvers like from the record."""
+    name = unique("review-secret")
+    secret_value = unique("not-a-real-secret")
+    secrets = harness.agent_client(agent_of(gateway_a, agent_token_file), "secretsmanager")
+    arn = secrets.create_secret(Name=name, SecretString="first")["ARN"]
+    held = pool.submit(secrets.put_secret_value, SecretId=arn, SecretString=secret_value)
+    deadline = time.monotonic() + APPEAR_DEADLINE
+    request = None
+    while request is None and time.monotonic() < deadline:
+        pending = approvals.list_requests(store, status=approvals.PENDING)
+        request = next((item for item in pending if arn in item.resources), None)
+        time.sleep(0.1)
+    assert request is not None, "no pending approval for the secret write"
+    assert request.parameters["SecretId"] == arn
+    shown_to_approvers = request.parameters["SecretString"] == secret_value
+    assert not shown_to_approvers
+    until(lambda: bool(receiver.messages("/json", request.id)), "the JSON webhook")
+    posted = json.dumps(receiver.messages("/json", request.id))
+    shown = approvals_cli(gateway_a, "show", request.id, "--json")
+    denied = decide(gateway_a, "deny", request.id, tokens["alice"], "test")
+    assert denied.returncode == 0, denied.stderr
+    with pytest.raises(ClientError):
+        held.result(timeout=WAIT + 20)
+    assert shown.returncode == 0, shown.stderr
+    in_webhook, in_cli = secret_value in posted, secret_value in shown.stdout
+    assert not in_webhook and not in_cli
 
 
 def test_timed_out_call_passes_once_after_a_later_approval(

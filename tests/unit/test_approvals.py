@@ -50,7 +50,10 @@ def call(
     principal: Principal = AGENT,
     request_id: str = "req-1",
 ) -> approvals.HeldCall:
-    return approvals.held_call(request_id, principal, operation or delete(), REVIEW, invocation)
+    operation = operation or delete()
+    return approvals.held_call(
+        request_id, principal, operation, REVIEW, operation.params, invocation
+    )
 
 
 def admit(engine: Engine, held: approvals.HeldCall, now: datetime = NOW) -> approvals.Admission:

@@ -66,7 +66,7 @@ def held(engine: Engine, bucket: str = "logs", subject: str = "agent-1", **param
         [f"arn:aws:s3:::{bucket}"],
     )  # fmt: skip
     decision = Decision("review", "deletes-need-review", "held", ("group:sre",))
-    call = approvals.held_call("req-1", principal, operation, decision)
+    call = approvals.held_call("req-1", principal, operation, decision, operation.params)
     admission = approvals.admit(
         engine, call, expire=timedelta(hours=1), holder="gw", hold=timedelta(seconds=30)
     )

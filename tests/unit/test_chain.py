@@ -28,6 +28,7 @@ def test_chain_order_matches_the_design() -> None:
         "OperationResolver",
         "Policy",
         "Metrics",
+        "RequestMasking",
         "Approval",
         "Signing",
         "Masking",

@@ -13,7 +13,7 @@ from mitmproxy.test import tflow
 from addons import config
 from addons.aws.wiredoc import MARKER
 from addons.context import METADATA_KEY, GateContext, Operation
-from addons.masking import Masking
+from addons.masking import Masking, RequestMasking
 from addons.rules.model import Location, Mask, Selector
 
 CANARY = "canary-0d6f3c8a-masking-addon"
@@ -145,7 +145,7 @@ def test_request_secrets_are_masked_for_the_record_only() -> None:
     flow = tflow.tflow()
     flow.request.content = secret_body()
     gate = gate_for(flow, "secretsmanager:CreateSecret", Name="db", SecretString=CANARY)
-    Masking().request(flow)
+    RequestMasking().request(flow)
     assert flow.request.content == secret_body()  # what goes to AWS is unchanged
     assert gate.record_request_body is not None
     assert json.loads(gate.record_request_body)["SecretString"] == MARKER
@@ -157,7 +157,7 @@ def test_unresolved_requests_keep_no_body() -> None:
     flow.request.content = secret_body()
     gate = GateContext()
     flow.metadata[METADATA_KEY] = gate
-    Masking().request(flow)
+    RequestMasking().request(flow)
     assert gate.record_request_body is None and gate.record_params == {}
 
 
