@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Set
@@ -54,7 +53,7 @@ def proxy_token(header: str | None) -> str | None:
         return None
     try:
         user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, a non-ASCII header value
         return None
     return password if user == PROXY_USER and password else None
 

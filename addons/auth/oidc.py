@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import json
 import logging
 import re
@@ -163,7 +164,7 @@ class IssuerKeys:
             self._last_attempt = self._clock()
             try:
                 keys, max_age = self._download()
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
                 if self._keys is None:
                     log.warning("issuer %s unreachable: %s", self.issuer_url, exc)
                     raise TokenError("issuer unreachable") from exc

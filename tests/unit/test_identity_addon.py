@@ -44,6 +44,7 @@ def basic(credentials: bytes) -> str:
         ("Bearer a.b.c", None),
         ("Basic !!not-base64!!", None),
         (basic(b"awsgate:\xff\xfe"), None),
+        ("Basic \u00e9t\u00e9", None),  # not ASCII: not base64 either
         ("", None),
         (None, None),
     ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import socket
 from collections.abc import Iterator
@@ -270,12 +271,17 @@ def test_issuer_unreachable_without_cached_keys(tmp_path: Path) -> None:
     assert refused(validator, token) == "issuer unreachable"
 
 
-def test_unreachable_issuer_is_not_retried_on_every_request(clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    "failure", [OSError("connection refused"), http.client.BadStatusLine("garbage")]
+)
+def test_unreachable_issuer_is_not_retried_on_every_request(
+    clock: FakeClock, failure: Exception
+) -> None:
     calls: list[str] = []
 
     def failing(url: str) -> Fetched:
         calls.append(url)
-        raise OSError("connection refused")
+        raise failure
 
     keys = IssuerKeys("https://idp.example", failing, clock=clock, refetch_interval=30)
     for _ in range(3):
