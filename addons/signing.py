@@ -19,8 +19,8 @@ from mitmproxy import http
 
 from addons import context, settings
 from addons.aws import chunked, credentials, endpoints, sigv4
-from addons.context import GateContext
-from addons.hooks import RequestStage, deny, fail_closed, split_path
+from addons.context import GateContext, Refusal
+from addons.hooks import RequestStage, deny, fail_closed, refuse, split_path
 
 logger = logging.getLogger("awsgate")
 
@@ -57,6 +57,10 @@ class Signing(RequestStage):
         operation = gate.operation
         assert operation is not None and gate.principal is not None
         aws_host = host_without_port(request.host_header or request.host)
+        if self.upstream is None and request.scheme != "https":
+            # Re-signed, it would cross the network in clear, session token and all.
+            deny(flow, f"awsgate: AWS is reached over HTTPS only; use https://{aws_host}")
+            return
         if aws_host.lower() != request.host.lower():
             deny(flow, f"awsgate: Host {aws_host!r} differs from the destination; not signed")
             return
@@ -81,9 +85,15 @@ class Signing(RequestStage):
 
         path, query = split_path(request)
         query = sigv4.strip_auth(request.headers, query)
-        payload_hash = sigv4.payload_hash(
-            operation.signing_name, request.headers, None if gate.streamed else request.raw_content
-        )
+        try:
+            payload_hash = sigv4.payload_hash(
+                operation.signing_name,
+                request.headers,
+                None if gate.streamed else request.raw_content,
+            )
+        except sigv4.SignatureError as exc:  # the agent's request, not the gateway, is wrong
+            refuse(flow, Refusal(400, exc.code, f"awsgate: {exc}", "error"))
+            return
         self._route(request, aws_host)
         request.path = f"{path}?{query}" if query else path
         now = datetime.now(UTC)
