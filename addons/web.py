@@ -580,9 +580,20 @@ def _query(query: dict[str, str]) -> str:
 
 
 def _local_path(target: str) -> str:
-    """Only paths on this site: ``next`` must not send a fresh login elsewhere."""
+    """Only paths on this site: ``next`` must not send a fresh login elsewhere.
+
+    Browsers read a backslash as a slash (``/\\evil.example``), and a control
+    character would end the Location header: both are refused, not cleaned.
+    """
+    unsafe = any(char == "\\" or ord(char) < 0x20 or ord(char) == 0x7F for char in target)
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if (
+        unsafe
+        or parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+    ):
         return "/approvals"
     return target
 

@@ -212,7 +212,14 @@ def test_login_rejects_unknown_state_and_foreign_next(
 ) -> None:
     browser = Browser(site)
     assert browser.request("GET", "/callback?code=x&state=forged")[0] == 403
-    for target in ("https://evil.example/", "//evil.example/x", "approvals"):
+    for target in (
+        "https://evil.example/",
+        "//evil.example/x",
+        "approvals",
+        "/\\evil.example/phish",  # browsers read the backslash as a slash
+        "/approvals\r\nSet-Cookie: awsgate_session=attacker",  # a header of its own
+        "/\tevil",
+    ):
         assert web._local_path(target) == "/approvals"
     assert web._local_path("/approvals/apr-1?note=x") == "/approvals/apr-1?note=x"
 
