@@ -360,7 +360,8 @@ class RecordWriter:
             results = self._commit(ops, flush_sessions)
         except StoreUnavailable as exc:
             self._unavailable(ops, exc)
-        except (SQLAlchemyError, _Vanished) as exc:
+        except (SQLAlchemyError, _Vanished, OverflowError, ValueError, TypeError) as exc:
+            # A driver's own error on a value (OverflowError, ...) is one bad record too.
             unavailable = isinstance(exc, OperationalError | InterfaceError)
             if not unavailable and ops and (flush_sessions or len(ops) > 1):
                 # One bad record (a constraint, a value the database rejects) must not
@@ -484,7 +485,7 @@ class RecordWriter:
             message=_text("message", record.message),
             approval_id=_text("approval_id", record.approval_id),
             request_body=body.content,
-            request_body_size=body.size,
+            request_body_size=_int(body.size),
             request_body_sha256=body.sha256,
             user_agent=_text("user_agent", record.user_agent or _header(headers, "user-agent")),
             chain_id=self.chain_id,
@@ -515,7 +516,7 @@ class RecordWriter:
             upstream_request_id=_text("upstream_request_id", outcome.upstream_request_id),
             error=_text("error", outcome.error),
             response_body=body.content,
-            response_body_size=body.size,
+            response_body_size=_int(body.size),
             response_body_sha256=_text("response_body_sha256", body.sha256),
             decision=_text("decision", outcome.decision) or begun["decision"],
             approval_id=_text("approval_id", outcome.approval_id) or begun["approval_id"],
@@ -791,8 +792,16 @@ def _text(name: str, value: Any) -> str | None:
     return value[:limit] if limit and len(value) > limit else value
 
 
+_BIGINT = range(-(2**63), 2**63)
+
+
 def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    """An integer column's value; one no database column holds (a lying Content-Length)
+    is unknown, not a reason to fail the batch it came in."""
+    if value is None:
+        return None
+    number = int(value)
+    return number if number in _BIGINT else None
 
 
 def _header(headers: list[list[str]], name: str) -> str | None:

@@ -441,6 +441,26 @@ def test_one_bad_record_does_not_fail_its_batch(writer: RecordWriter, engine: En
     assert len(rows(engine)) == 7
 
 
+def test_a_size_no_column_holds_is_unknown_and_fails_nothing(
+    writer: RecordWriter, engine: Engine
+) -> None:
+    """A streamed upload's size is the agent's Content-Length, whatever it claims."""
+    begun = call()
+    done(writer.begin(begun))
+    with writer_paused(writer) as release:
+        finished = writer.finish(begun.request_id, outcome())
+        assert release.entered.wait(WAIT)
+        lying = call(request_body=None, request_body_size=10**20)
+        lied = writer.begin(lying)
+        other = writer.begin(call())
+        release.set()
+        for future in (finished, lied, other):
+            done(future)
+    (row,) = rows(engine, calls.c.request_id == lying.request_id)
+    assert row["request_body_size"] is None
+    assert len(rows(engine)) == 3
+
+
 def test_close_writes_everything_queued(store_url: str, engine: Engine) -> None:
     writer = RecordWriter(store_url)
     pending = [writer.begin(call()) for _ in range(50)]
