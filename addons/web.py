@@ -498,6 +498,7 @@ class ApprovalSite:
             ("issuer", item.issuer),
             ("groups", ", ".join(item.groups)),
             ("session", item.session_id),
+            ("role", item.role),
             ("action", item.action),
             ("region", item.region),
             ("resources", ", ".join(item.resources) or "*"),

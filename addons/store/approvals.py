@@ -87,7 +87,7 @@ class HeldCall:
 
     @property
     def scope(self) -> str:
-        return grant_scope(self.issuer, self.subject, self.action, self.resources)
+        return grant_scope(self.issuer, self.subject, self.role, self.action, self.resources)
 
 
 def held_call(
@@ -100,7 +100,7 @@ def held_call(
 ) -> HeldCall:
     """Describe a call under review; its fingerprint covers the unredacted parameters.
 
-    Two calls with the same fingerprint are the same call: same principal,
+    Two calls with the same fingerprint are the same call: same principal and role,
     operation, resources and parameters. The fingerprint is a hash, so it
     reveals no parameter it covers. ``shown_parameters`` are what approvers see
     and the store keeps: the record's masked copy, never the wire's.
@@ -123,6 +123,7 @@ def held_call(
             "call",
             principal.issuer,
             principal.subject,
+            principal.role,  # the upstream credentials (perhaps another account) it runs with
             operation.action,
             operation.region,
             sorted(operation.resources),
@@ -132,9 +133,12 @@ def held_call(
     )
 
 
-def grant_scope(issuer: str, subject: str, action: str, resources: Iterable[str]) -> str:
-    """What a time-window grant covers: one principal, one action, these resources."""
-    return _digest("grant", issuer, subject, action, sorted(resources))
+def grant_scope(
+    issuer: str, subject: str, role: str | None, action: str, resources: Iterable[str]
+) -> str:
+    """What a time-window grant covers: one principal under one role, one action, these
+    resources (ARNs name no account: the role says whose they are)."""
+    return _digest("grant", issuer, subject, role, action, sorted(resources))
 
 
 def _digest(*parts: Any) -> str:
@@ -547,6 +551,7 @@ def decide(
                     scope=grant_scope(
                         request.issuer or "",
                         request.subject or "",
+                        request.role,
                         request.action or "",
                         request.resources,
                     ),

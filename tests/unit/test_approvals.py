@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -189,6 +190,18 @@ def test_an_approval_lets_exactly_one_identical_call_through(engine: Engine) -> 
     second = admit(engine, call(request_id="retry-2"))
     assert second.verdict == "wait" and second.created
     assert approvals.get(engine, request.id).status == "used"  # type: ignore[union-attr]
+
+
+def test_an_approval_is_for_the_role_it_was_asked_under(engine: Engine) -> None:
+    """The role picks the upstream credentials, perhaps another account's: approved under
+    one, the same call under another is a new request (and so is a window's use)."""
+    prod = dataclasses.replace(AGENT, role="prod-admin")
+    for window in (None, timedelta(hours=1)):
+        request = admit(engine, call(delete(f"logs-{window}"))).approval
+        approve(engine, request.id, window=window)
+        other_role = admit(engine, call(delete(f"logs-{window}"), principal=prod))
+        assert other_role.verdict == "wait" and other_role.approval.id != request.id
+        assert admit(engine, call(delete(f"logs-{window}"))).verdict == "pass"
 
 
 def test_consuming_is_atomic_across_connections(store_url: str) -> None:
