@@ -269,6 +269,9 @@ class Identity(RequestStage):
             info, secret = self.minter.open(auth.access_key, auth.security_token)
         except sessions.SessionError as exc:
             raise IdentityRefused(str(exc)) from exc
+        if self.validator is None or not self.validator.trusts(info.issuer):
+            # An issuer removed from the config (compromised, retired) takes its sessions along.
+            raise IdentityRefused("the issuer of these credentials is no longer trusted")
         request = flow.request
         headers, path, query = agent_request_head(flow, gate)
         try:

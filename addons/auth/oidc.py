@@ -281,6 +281,10 @@ class TokenValidator:
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
 
+    def trusts(self, issuer_url: str) -> bool:
+        """Whether tokens (and sessions minted from them) of this issuer are accepted."""
+        return issuer_url in self._issuers
+
     def cached(self, token: str, now: float | None = None) -> ValidatedToken | None:
         """The earlier result for this exact token if it is still valid; never does I/O."""
         now = time.time() if now is None else now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 from dataclasses import dataclass, field
@@ -9,12 +10,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from mitmproxy import http
 from mitmproxy.test import tflow
 from sqlalchemy import text
 
 from addons import context
+from addons.auth.oidc import TokenValidator
+from addons.auth.sessions import MintedCredentials, SessionMinter
+from addons.config import IssuerConfig
 from addons.context import Principal
+from addons.flowview import FlowView
 from addons.identity import (
     REVOCATIONS_GRACE,
     Admission,
@@ -27,6 +35,8 @@ from addons.identity import (
 )
 from addons.store import db, revocations
 from addons.store.revocations import Revocation
+
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
 
 def basic(credentials: bytes) -> str:
@@ -220,3 +230,53 @@ def test_timed_cache_tracks_successful_reads(tmp_path: Path) -> None:
         assert cache.is_revoked(None, "ci-7") is not None  # the last known list holds
     finally:
         cache.close()
+
+
+# -- session credentials and the issuers configured now ------------------------------
+
+
+def session_call(identity: Identity, minted: MintedCredentials) -> http.HTTPFlow:
+    """An sqs call signed by botocore with ``minted``, through the identity addon."""
+    body = b"Action=ListQueues&Version=2012-11-05"
+    host = "sqs.us-east-1.amazonaws.com"
+    request = AWSRequest("POST", f"https://{host}/", data=body, headers={"Content-Type": FORM})
+    credentials = Credentials(minted.access_key_id, minted.secret_access_key, minted.session_token)
+    SigV4Auth(credentials, "sqs", "us-east-1").add_auth(request)
+    flow = tflow.tflow()
+    flow.request.scheme, flow.request.host, flow.request.port = "https", host, 443
+    flow.request.method, flow.request.path = "POST", "/"
+    flow.request.headers.clear()
+    for name, value in request.prepare().headers.items():
+        flow.request.headers[name] = value
+    flow.request.headers["Host"] = host
+    flow.request.content = body
+    context.get(flow)
+    FlowView().requestheaders(flow)
+
+    async def run() -> None:
+        for hook in (identity.requestheaders, identity.request):
+            if (pending := hook(flow)) is not None:
+                await pending
+
+    asyncio.run(run())
+    return flow
+
+
+def test_sessions_of_an_issuer_removed_from_the_config_are_refused() -> None:
+    minter = SessionMinter(b"k" * 32)
+    minted = minter.mint(
+        issuer="https://idp.example", subject="agent-1", groups=["admins"], role="deployer",
+        duration=3600,
+    )  # fmt: skip
+    identity = Identity()
+    identity.minter = minter
+    identity.admission = Admission(frozenset(), FakeCache(refreshed=100.0), clock=Clock())
+    identity.validator = TokenValidator([IssuerConfig("https://idp.example", ("awsgate",))])
+    gate = context.get(session_call(identity, minted))
+    assert gate.refusal is None and gate.principal is not None  # trusted: admitted
+    # Reloaded without that issuer: its sessions go with it, before they expire.
+    identity.validator = TokenValidator([IssuerConfig("https://other.example", ("awsgate",))])
+    flow = session_call(identity, minted)
+    refusal = context.get(flow).refusal
+    assert refusal is not None and refusal.status == 403
+    assert "issuer of these credentials is no longer trusted" in refusal.message
