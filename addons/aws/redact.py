@@ -28,6 +28,7 @@ from jsonpath_ng.ext import parse as parse_jsonpath
 from addons.aws import models, wiredoc
 from addons.aws.secrets_catalogue import REQUEST_SECRETS, RESPONSE_SECRETS, SecretField
 from addons.aws.wiredoc import MARKER, Steps, WireError
+from addons.rules.actions import is_credential_minting
 
 Scope = Literal["agent", "record"]
 Part = Literal["request", "response"]
@@ -87,10 +88,59 @@ class RequestMasking:
 
 
 def builtin_rules(action: str, part: Part, scope: Scope = "agent") -> list[FieldRule]:
-    """The catalogue's entries for ``action`` (request entries are always record-only)."""
+    """The built-in entries for ``action`` (request entries are always record-only).
+
+    The catalogue's, then every string or blob member botocore's model marks
+    ``sensitive`` that the catalogue does not name: record-only, but with
+    ``scope`` for the output of a credential-minting action, like the
+    catalogue's own credentials.
+    """
     table = RESPONSE_SECRETS if part == "response" else REQUEST_SECRETS
     scope = scope if part == "response" else "record"
-    return [_rule(secret, action, scope) for secret in table.get(action, ())]
+    listed = table.get(action, ())
+    rules = [_rule(secret, action, scope) for secret in listed]
+    service, _, operation = action.partition(":")
+    if part == "request" or not is_credential_minting(service, operation):
+        scope = "record"
+    named = {str(compiled(secret.path)) for secret in listed}
+    rules.extend(
+        FieldRule(path, BUILTIN_PREFIX + action, scope)
+        for path in sensitive_paths(service, operation, part)
+        if str(compiled(path)) not in named
+    )
+    return rules
+
+
+_MASKABLE = ("string", "blob")
+
+
+@cache
+def sensitive_paths(service: str, operation: str, part: Part) -> tuple[str, ...]:
+    """JSONPaths of the string and blob members botocore marks sensitive, or that sit in a
+    sensitive structure, list or map, in the operation's input or output."""
+    shape = _shape(service, operation, part)
+    found: list[str] = []
+    if shape is not None:
+        _sensitive(shape, "$", False, frozenset(), found)
+    return tuple(found)
+
+
+def _sensitive(
+    shape: botocore.model.Shape, path: str, inside: bool, seen: frozenset[str], found: list[str]
+) -> None:
+    if shape.name in seen:
+        return  # a recursive shape: its members were walked one level up
+    inside = inside or bool(shape.metadata.get("sensitive"))
+    kind, seen = shape.type_name, seen | {shape.name}
+    if isinstance(shape, botocore.model.StructureShape):
+        for name, member in shape.members.items():
+            _sensitive(member, f"{path}.'{name}'", inside, seen, found)  # quoted: "where"
+    elif isinstance(shape, botocore.model.ListShape):
+        _sensitive(shape.member, f"{path}[*]", inside, seen, found)
+    elif isinstance(shape, botocore.model.MapShape):
+        _sensitive(shape.value, f"{path}.*", inside, seen, found)
+    elif inside and kind in _MASKABLE:
+        found.append(path)
 
 
 def _rule(secret: SecretField, action: str, scope: Scope) -> FieldRule:

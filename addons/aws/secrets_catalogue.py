@@ -2,7 +2,9 @@
 
 Each entry maps an action (``service:Operation``, botocore names) to JSONPath
 expressions over the member names of the operation's output shape (responses)
-or input shape (requests, for the record only). They are always on: a policy
+or input shape (requests, for the record only). Members botocore's models mark
+``sensitive`` are masked besides (``redact.builtin_rules``); this catalogue
+names what those marks miss and the agent-facing secrets. They are always on: a policy
 can lower a response entry to record-only for some principals with a
 ``scope: record`` mask naming the same field, but nothing makes a secret
 appear in the record.
@@ -32,6 +34,8 @@ _STS_CREDENTIALS = (
     SecretField("$.Credentials.SecretAccessKey"),
     SecretField("$.Credentials.SessionToken"),
 )
+# Credentials at the top of the output, where botocore's model marks nothing sensitive.
+_TOP_LEVEL_CREDENTIALS = (SecretField("$.SecretAccessKey"), SecretField("$.SessionToken"))
 _SECRET_VALUE = (SecretField("$.SecretString"), SecretField("$.SecretBinary"))
 _LAMBDA_CONFIGURATION = (SecretField("$.Environment.Variables.*"),)
 
@@ -76,6 +80,11 @@ RESPONSE_SECRETS: dict[str, tuple[SecretField, ...]] = {
         SecretField("$.Credentials.SessionToken"),
     ),
     "lightsail:CreateBucketAccessKey": (SecretField("$.accessKey.secretAccessKey"),),
+    "lakeformation:AssumeDecoratedRoleWithSAML": _TOP_LEVEL_CREDENTIALS,
+    "lakeformation:GetTemporaryGlueFunctionCredentials": _TOP_LEVEL_CREDENTIALS,
+    "lakeformation:GetTemporaryGluePartitionCredentials": _TOP_LEVEL_CREDENTIALS,
+    "lakeformation:GetTemporaryGlueTableCredentials": _TOP_LEVEL_CREDENTIALS,
+    "lakeformation:GetTemporaryDataLocationCredentials": _STS_CREDENTIALS,
     "redshift:GetClusterCredentials": (SecretField("$.DbPassword"),),
     "ecr:GetAuthorizationToken": (SecretField("$.authorizationData[*].authorizationToken"),),
     "ecr-public:GetAuthorizationToken": (SecretField("$.authorizationData.authorizationToken"),),

@@ -21,6 +21,7 @@ from addons.aws import detectors, models, redact
 from addons.aws.redact import FieldRule
 from addons.aws.secrets_catalogue import REQUEST_SECRETS, RESPONSE_SECRETS
 from addons.aws.wiredoc import MARKER, MARKER_BYTES, WireError
+from addons.rules.actions import CREDENTIAL_MINTING
 
 CANARY = "canary-5f0c0e6e-1d55-4b8e"
 
@@ -461,3 +462,57 @@ def test_configured_patterns_and_parameter_trees() -> None:
 def test_invalid_configured_pattern_is_refused() -> None:
     with pytest.raises(detectors.PatternError):
         detectors.Detectors(["(unclosed"])
+
+
+# -- what botocore's models mark sensitive --------------------------------------------
+
+# Credential-minting actions whose output holds no secret (a login profile's metadata,
+# an SSH public key's id).
+NO_SECRET_OUTPUT = {"iam:CreateLoginProfile", "iam:UpdateLoginProfile", "iam:UploadSSHPublicKey"}
+
+
+def test_every_credential_minting_action_hides_its_secrets_from_the_agent() -> None:
+    """A minting call a policy allows returns nothing usable unless a policy mask lowers
+    it to record-only: credentials, tokens and passwords alike."""
+    uncovered = [
+        action
+        for action in sorted(CREDENTIAL_MINTING)
+        if action not in NO_SECRET_OUTPUT
+        and not any(rule.scope == "agent" for rule in builtin(action))
+    ]
+    assert uncovered == []
+
+
+def test_sensitive_credentials_masked_and_parsed_by_the_sdk() -> None:
+    body = json.dumps(
+        {"Credentials": {"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": CANARY,
+                         "SessionToken": CANARY, "ExpirationTime": 1700000000}}
+    ).encode()  # fmt: skip
+    result = mask("json", "ssm:GetAccessToken", body)
+    assert result.agent_body is not None and CANARY.encode() not in result.agent_body
+    parsed = sdk_parse("json", "ssm", "GetAccessToken", result.agent_body)
+    assert parsed["Credentials"]["AccessKeyId"] == "ASIAEXAMPLE"
+    assert parsed["Credentials"]["SessionToken"] == MARKER
+
+
+def test_a_password_the_model_marks_sensitive_is_kept_out_of_the_record() -> None:
+    body = (
+        "Action=CreateDBInstance&Version=2014-10-31&DBInstanceIdentifier=db1"
+        f"&DBInstanceClass=db.t3.micro&Engine=postgres&MasterUserPassword={CANARY}"
+    )
+    params = {"DBInstanceIdentifier": "db1", "MasterUserPassword": CANARY}
+    result = request("query", "rds:CreateDBInstance", body.encode(), params)
+    assert result.record_body is not None and CANARY.encode() not in result.record_body
+    assert b"DBInstanceIdentifier=db1" in result.record_body
+    assert result.record_params == {"DBInstanceIdentifier": "db1", "MasterUserPassword": MARKER}
+    # Not a minting action: what the output marks sensitive is kept from the record only.
+    assert {rule.scope for rule in builtin("rds:CreateDBInstance")} == {"record"}
+
+
+@pytest.mark.parametrize("service", ["rds", "cognito-idp", "lakeformation", "datazone"])
+def test_sensitive_paths_compile_whatever_the_member_names(service: str) -> None:
+    """Member names are quoted: a member called ``where`` is not JSONPath's keyword."""
+    for operation in models.operation_names(service):
+        for part in ("request", "response"):
+            for path in redact.sensitive_paths(service, operation, part):
+                redact.compiled(path)
