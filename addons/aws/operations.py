@@ -218,14 +218,14 @@ class _Wire:
                 self._form = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         return self._form
 
+    def actions(self) -> set[str]:
+        """Every ``Action`` the form body and the query string name."""
+        return {value for key, value in [*self.form_pairs, *self.query_pairs] if key == "Action"}
+
     def action(self) -> str | None:
-        for key, value in self.form_pairs:
-            if key == "Action":
-                return value
-        for key, value in self.query_pairs:
-            if key == "Action":
-                return value
-        return None
+        """The one ``Action`` named; None for none, or for several that differ."""
+        found = self.actions()
+        return found.pop() if len(found) == 1 else None
 
 
 # --- per-service index ----------------------------------------------------------------
@@ -429,15 +429,15 @@ def _match(candidates: list[_ServiceIndex], wire: _Wire) -> _Found | None:
 
 
 def _speaks_two_protocols(wire: _Wire, target: str | None, cbor: bool) -> bool:
-    """An operation named two ways (a JSON target, a CBOR path, a query ``Action``).
+    """An operation named two ways (a JSON target, a CBOR path, differing ``Action``s).
 
     No SDK sends that, and which name AWS obeys is not the gateway's guess to
     make: such a request resolves to ``unknown``, which policy refuses.
     """
     rpc = bool(target) + bool(cbor and _CBOR_PATH.fullmatch(wire.req.path))
     if rpc == 0:
-        return False
-    return rpc > 1 or wire.is_form or wire.action() is not None
+        return len(wire.actions()) > 1  # query and form body disagreeing
+    return rpc > 1 or wire.is_form or bool(wire.actions())
 
 
 def _match_json(candidates: list[_ServiceIndex], wire: _Wire, target: str) -> _Found | None:

@@ -583,6 +583,16 @@ def test_an_operation_named_two_ways_is_unknown(
     assert not resolve(request, "sqs", "us-east-1").known
 
 
+def test_differing_actions_in_query_and_form_are_unknown() -> None:
+    """Which one STS obeys is unknown; the resolver must not pick the harmless one."""
+    query = "Action=AssumeRoleWithWebIdentity&WebIdentityToken=x"
+    body = b"Action=GetCallerIdentity&Version=2011-06-15"
+    request = RawRequest("POST", "sts.amazonaws.com", "/", query, FORM, body)
+    assert not resolve(request, "sts", "us-east-1").known
+    same = RawRequest("POST", "sts.amazonaws.com", "/", "Action=GetCallerIdentity", FORM, body)
+    assert resolve(same, "sts", "us-east-1").name == "GetCallerIdentity"
+
+
 def test_cloudwatch_named_two_ways_is_unknown() -> None:
     cbor_path = "/service/GraniteServiceVersion20100801/operation/DeleteAlarms"
     target = {"X-Amz-Target": "GraniteServiceVersion20100801.DescribeAlarms"}
