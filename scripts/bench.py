@@ -153,6 +153,52 @@ def _verify_and_resign(request):
 """
 SIGV4_ONLY = "mitmdump + SigV4 only"
 
+# --breakdown: the SigV4 row plus the other piece no gateway can skip, a durable record of
+# each call before it is forwarded, written by the chain's own RecordWriter to SQLite.
+# Nothing else of the chain: the floor of what recording costs on this stack.
+RECORD_SCRIPT = """
+import asyncio
+import time
+
+from addons.context import GateContext
+from addons.store import db
+from addons.store.records import CallOutcome, CallRecord
+from addons.store.writer import RecordWriter
+
+_STORE = "sqlite:///" + os.path.abspath("bench-record.sqlite")
+
+
+class _Record:
+    def __init__(self):
+        db.migrate(_STORE)
+        self.writer = RecordWriter(_STORE)
+
+    async def request(self, flow):
+        request = flow.request
+        call = CallRecord(
+            GateContext().request_id, time.time(), "allow", request.method, request.pretty_url,
+            request_headers=list(request.headers.items(multi=True)),
+            request_body=request.raw_content,
+        )
+        flow.metadata["bench_record"] = call
+        await asyncio.wrap_future(self.writer.begin(call))
+
+    def response(self, flow):
+        call, response = flow.metadata["bench_record"], flow.response
+        self.writer.finish(call.request_id, CallOutcome(
+            time.time() - call.time, response.status_code, response.status_code,
+            response_headers=list(response.headers.items(multi=True)),
+            response_body=response.raw_content,
+        ))
+
+    def done(self):
+        self.writer.close()
+
+
+addons = [_Record()]
+"""
+SIGV4_RECORD = "mitmdump + SigV4 + record"
+
 POLICY = {
     "rules": [
         {
@@ -472,12 +518,23 @@ def proxy_env(port: int, ca_bundle: Path, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def bare_mitmdump(
-    workdir: Path, moto: Moto, certs: Path, *, verify_and_resign: bool = False
+    workdir: Path,
+    moto: Moto,
+    certs: Path,
+    *,
+    verify_and_resign: bool = False,
+    record: bool = False,
 ) -> Iterator[Way]:
-    """Bare mitmdump routing to the upstream; with ``verify_and_resign``, the SigV4 row."""
+    """Bare mitmdump routing to the upstream; with ``verify_and_resign``, the SigV4 row,
+    and with ``record`` too, the SigV4 + record row."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "route.py"
-    script.write_text(ROUTE_SCRIPT + (SIGV4_SCRIPT if verify_and_resign else ""))
+    verify_and_resign = verify_and_resign or record
+    script.write_text(
+        ROUTE_SCRIPT
+        + (SIGV4_SCRIPT if verify_and_resign else "")
+        + (RECORD_SCRIPT if record else "")
+    )
     signing_env = (
         {
             "PYTHONPATH": str(ROOT),
@@ -515,7 +572,7 @@ def bare_mitmdump(
             AWS_ACCESS_KEY_ID=moto.access_key,
             AWS_SECRET_ACCESS_KEY=moto.secret_key,
         )
-        name = SIGV4_ONLY if verify_and_resign else "bare mitmdump"
+        name = SIGV4_RECORD if record else SIGV4_ONLY if verify_and_resign else "bare mitmdump"
         yield Way(name, env, pid=process.pid, large=not verify_and_resign)
     finally:
         stop(process)
@@ -696,6 +753,13 @@ def measure_all(args: argparse.Namespace, workdir: Path, notes: list[str]) -> li
             notes.append(
                 f"'{SIGV4_ONLY}': bare mitmdump plus checking the agent's SigV4 signature "
                 "and re-signing, with the chain's own code (small calls only)"
+            )
+            ways.append(
+                stack.enter_context(bare_mitmdump(workdir / "record", moto, certs, record=True))
+            )
+            notes.append(
+                f"'{SIGV4_RECORD}': that plus a durable record of each call, begun before it "
+                "is forwarded, by the chain's RecordWriter on SQLite (small calls only)"
             )
             name = "awsgate, no store writes"
             ways.append(

@@ -28,6 +28,7 @@ WAYS = [
     "bare mitmdump",
     "awsgate (SQLite)",
     "mitmdump + SigV4 only",
+    "mitmdump + SigV4 + record",
     "awsgate, no store writes",
 ]
 
