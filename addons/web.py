@@ -343,7 +343,7 @@ class ApprovalSite:
         if isinstance(login, Response):
             return login
         form = request.form()
-        if not secrets.compare_digest(form.get("csrf", ""), login.csrf):
+        if not _same_token(form.get("csrf", ""), login.csrf):
             raise HttpError(403, "the form expired; reload the page")
         self._revalidate(request, login)
         verb = form.get("decision")
@@ -399,7 +399,7 @@ class ApprovalSite:
         if login is None:
             raise HttpError(401, "send Authorization: Bearer <your OIDC token>")
         if writing:
-            if not secrets.compare_digest(request.headers.get("x-csrf-token", ""), login.csrf):
+            if not _same_token(request.headers.get("x-csrf-token", ""), login.csrf):
                 raise HttpError(403, "X-CSRF-Token is missing or wrong")
             self._revalidate(request, login)
         return login.principal
@@ -578,6 +578,11 @@ def _when(value: Any) -> str:
 
 def _query(query: dict[str, str]) -> str:
     return "&".join(f"{quote(key)}={quote(value)}" for key, value in query.items())
+
+
+def _same_token(given: str, expected: str) -> bool:
+    """Constant-time, and as bytes: ``compare_digest`` raises on non-ASCII text."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def _local_path(target: str) -> str:

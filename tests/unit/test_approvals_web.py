@@ -164,6 +164,9 @@ def test_login_with_pkce_then_approve_from_the_page(
     form = {"decision": "approve", "reason": "go", "window": ""}
     # Without the form's token (a cross-site post), nothing is decided.
     assert browser.request("POST", f"/approvals/{approval_id}/decision", form)[0] == 403
+    # A token that is not even ASCII is just as wrong (not a server error).
+    forged = {**form, "csrf": "\u00e9t\u00e9"}
+    assert browser.request("POST", f"/approvals/{approval_id}/decision", forged)[0] == 403
     assert approvals.get(engine, approval_id).status == "pending"  # type: ignore[union-attr]
     status, headers, _ = browser.request(
         "POST", f"/approvals/{approval_id}/decision", {**form, "csrf": csrf_of(detail)}
