@@ -16,6 +16,7 @@ Review never means allow: any failure here refuses the call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
@@ -107,6 +108,7 @@ class Approval(RequestStage):
         decision = gate.decision
         assert self.engine is not None and decision is not None
         assert gate.principal is not None and gate.operation is not None
+        body = flow.request.raw_content
         call = approvals.held_call(
             gate.request_id,
             gate.principal,
@@ -114,11 +116,11 @@ class Approval(RequestStage):
             decision,
             gate.record_params,  # masked by RequestMasking, earlier in the chain
             flow.request.headers.get(INVOCATION_HEADER),
+            None if body is None else hashlib.sha256(body).hexdigest(),
         )
         started = time.monotonic()
         # While a human decides, the flow mitmweb shows holds no body (it may carry
         # secrets the record masks); the call takes it back when it goes on.
-        body = flow.request.raw_content
         if body is not None:
             flow.request.raw_content = b""
         try:

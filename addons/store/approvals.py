@@ -97,6 +97,7 @@ def held_call(
     decision: Decision,
     shown_parameters: Mapping[str, Any],
     invocation_id: str | None = None,
+    body_sha256: str | None = None,
 ) -> HeldCall:
     """Describe a call under review; its fingerprint covers the unredacted parameters.
 
@@ -104,6 +105,8 @@ def held_call(
     operation, resources and parameters. The fingerprint is a hash, so it
     reveals no parameter it covers. ``shown_parameters`` are what approvers see
     and the store keeps: the record's masked copy, never the wire's.
+    ``body_sha256`` binds a buffered body too, payloads (a Lambda event, an S3
+    object) being no parameters; a streamed body is not known yet.
     """
     return HeldCall(
         request_id=request_id,
@@ -128,6 +131,7 @@ def held_call(
             operation.region,
             sorted(operation.resources),
             sanitize.json_safe(operation.params),
+            body_sha256,
         ),
         invocation_id=(invocation_id or None) and invocation_id[:128],
     )

@@ -192,6 +192,24 @@ def test_an_approval_lets_exactly_one_identical_call_through(engine: Engine) -> 
     assert approvals.get(engine, request.id).status == "used"  # type: ignore[union-attr]
 
 
+def test_an_approval_covers_the_body_it_was_asked_with(engine: Engine) -> None:
+    """A payload (a Lambda event, an S3 object) is no parameter: its digest binds it."""
+    function = "arn:aws:lambda:us-east-1:123456789012:function:deploy"
+    params = {"FunctionName": "deploy"}
+    invoke = Operation("lambda", "Invoke", "us-east-1", "lambda", "rest-json", params, [function])
+
+    def held(digest: str, request_id: str) -> approvals.HeldCall:
+        return approvals.held_call(
+            request_id, AGENT, invoke, REVIEW, invoke.params, body_sha256=digest
+        )
+
+    request = admit(engine, held("a" * 64, "req-a")).approval
+    approve(engine, request.id)
+    other_body = admit(engine, held("b" * 64, "req-b"))
+    assert other_body.verdict == "wait" and other_body.approval.id != request.id
+    assert admit(engine, held("a" * 64, "retry-a")).verdict == "pass"
+
+
 def test_an_approval_is_for_the_role_it_was_asked_under(engine: Engine) -> None:
     """The role picks the upstream credentials, perhaps another account's: approved under
     one, the same call under another is a new request (and so is a window's use)."""
