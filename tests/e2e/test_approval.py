@@ -219,7 +219,11 @@ def decide(
 
 def pending_for(store: Any, bucket: str, exclude: tuple[str, ...] = ()) -> ApprovalRequest:
     """The pending request a held delete of ``bucket`` opened (polls the shared store)."""
-    arn = f"arn:aws:s3:::{bucket}"
+    return pending_on(store, f"arn:aws:s3:::{bucket}", exclude)
+
+
+def pending_on(store: Any, arn: str, exclude: tuple[str, ...] = ()) -> ApprovalRequest:
+    """The pending request a held call on ``arn`` opened (polls the shared store)."""
     deadline = time.monotonic() + APPEAR_DEADLINE
     while time.monotonic() < deadline:
         for request in approvals.list_requests(store, status=approvals.PENDING):
@@ -370,13 +374,7 @@ def test_a_held_call_shows_approvers_no_secret(
     secrets = harness.agent_client(agent_of(gateway_a, agent_token_file), "secretsmanager")
     arn = secrets.create_secret(Name=name, SecretString="first")["ARN"]
     held = pool.submit(secrets.put_secret_value, SecretId=arn, SecretString=secret_value)
-    deadline = time.monotonic() + APPEAR_DEADLINE
-    request = None
-    while request is None and time.monotonic() < deadline:
-        pending = approvals.list_requests(store, status=approvals.PENDING)
-        request = next((item for item in pending if arn in item.resources), None)
-        time.sleep(0.1)
-    assert request is not None, "no pending approval for the secret write"
+    request = pending_on(store, arn)
     assert request.parameters["SecretId"] == arn
     shown_to_approvers = request.parameters["SecretString"] == secret_value
     assert not shown_to_approvers
