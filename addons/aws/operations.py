@@ -222,11 +222,6 @@ class _Wire:
         """Every ``Action`` the form body and the query string name."""
         return {value for key, value in [*self.form_pairs, *self.query_pairs] if key == "Action"}
 
-    def action(self) -> str | None:
-        """The one ``Action`` named; None for none, or for several that differ."""
-        found = self.actions()
-        return found.pop() if len(found) == 1 else None
-
 
 # --- per-service index ----------------------------------------------------------------
 
@@ -422,22 +417,23 @@ def _match(candidates: list[_ServiceIndex], wire: _Wire) -> _Found | None:
         return _match_json(candidates, wire, target)
     if cbor and (found := _match_cbor(candidates, wire)):
         return found
-    action = wire.action() if any(c.speaks_query for c in candidates) else None
-    if action and (found := _match_query(candidates, wire, action)):
-        return found
+    if any(c.speaks_query for c in candidates):
+        actions = wire.actions()
+        if len(actions) > 1:
+            return None  # the query string and the form body disagree: named two ways
+        if actions and (found := _match_query(candidates, wire, actions.pop())):
+            return found
     return _match_rest(candidates, wire)
 
 
 def _speaks_two_protocols(wire: _Wire, target: str | None, cbor: bool) -> bool:
-    """An operation named two ways (a JSON target, a CBOR path, differing ``Action``s).
+    """An operation named two ways (a JSON target, a CBOR path, a query ``Action``).
 
     No SDK sends that, and which name AWS obeys is not the gateway's guess to
     make: such a request resolves to ``unknown``, which policy refuses.
     """
     rpc = bool(target) + bool(cbor and _CBOR_PATH.fullmatch(wire.req.path))
-    if rpc == 0:
-        return len(wire.actions()) > 1  # query and form body disagreeing
-    return rpc > 1 or wire.is_form or bool(wire.actions())
+    return rpc > 1 or (rpc == 1 and (wire.is_form or bool(wire.actions())))
 
 
 def _match_json(candidates: list[_ServiceIndex], wire: _Wire, target: str) -> _Found | None:

@@ -591,6 +591,9 @@ def test_differing_actions_in_query_and_form_are_unknown() -> None:
     assert not resolve(request, "sts", "us-east-1").known
     same = RawRequest("POST", "sts.amazonaws.com", "/", "Action=GetCallerIdentity", FORM, body)
     assert resolve(same, "sts", "us-east-1").name == "GetCallerIdentity"
+    # An S3 object that happens to be a form is data: no query API reads it.
+    upload = s3("PUT", "/bucket/form.txt", headers=FORM, body=b"Action=a&Action=b")
+    assert (upload.name, upload.unread) == ("PutObject", False)
 
 
 def test_cloudwatch_named_two_ways_is_unknown() -> None:
