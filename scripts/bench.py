@@ -114,7 +114,7 @@ def _write(self, ops, *_args, **_kwargs):
 writer.RecordWriter._write = _write
 '''
 
-# --breakdown: bare mitmdump plus the one piece of the chain no gateway can skip, checking
+# --breakdown: bare mitmdump plus one of the two pieces of the chain no gateway can skip, checking
 # the agent's SigV4 signature and re-signing with the gateway's key, done by the chain's own
 # code (addons.aws.sigv4). Measurement only: no identity, policy, masking or record. A call
 # that fails either step is answered with an error, so it shows in the errors column.
@@ -836,8 +836,9 @@ def main() -> int:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="add two rows: bare mitmdump plus SigV4 verification and re-signing only, and "
-        "the full chain with record writes acknowledged but not made",
+        help="add three rows: bare mitmdump plus SigV4 verification and re-signing only, "
+        "that plus a durable record per call, and the full chain with record writes "
+        "acknowledged but not made",
     )
     args = parser.parse_args()
     if args.agents < 1 or args.rounds < 1 or args.duration <= 0 or args.large_mib < 0:
